@@ -1,0 +1,220 @@
+"""The collector process: tick → poll every device → one signed block → buffer → uplink.
+
+One TaskGroup holds the ticker and the uplink. The ticker aligns windows to the UTC clock
+(`[k * tick, (k + 1) * tick)`), polls all devices at once, and seals one block per tick; a device
+that fails still yields readings, flagged. A configuration whose digest differs from the chain's
+is recorded as a signed configuration block before the first readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from collector.buffer import Buffer, SealedBlock, SqliteBuffer
+from collector.config import LoadedPlant
+from collector.decode import decode_device
+from collector.errors import BufferFullError
+from collector.modbus_source import DeviceSource, ModbusTcpSource
+from collector.plan import DevicePlan, ReadPlan, compile_plan
+from collector.uplink_grpc import GrpcUplink
+from proto.keys import load_signing_key
+from proto.stackline.v1 import stackline_pb2 as pb
+from proto.wire import BlockDraft, ReadingValue, Signer, block_hash, encode_block
+
+__all__ = ["CollectorRuntime", "TickStats", "build_runtime", "seal"]
+
+log = logging.getLogger(__name__)
+
+
+def seal(buffer: Buffer, signer: Signer, draft: BlockDraft, created_unix_ms: int) -> SealedBlock:
+    """Encode the draft as the block after the buffer's head, sign it, and return it sealed."""
+    head = buffer.chain_state()
+    payload = encode_block(draft, sequence=head.sequence + 1, previous_hash=head.hash)
+    envelope = signer.envelope(payload).SerializeToString()
+    return SealedBlock(head.sequence + 1, envelope, block_hash(payload), draft.config_digest,
+                       created_unix_ms)
+
+
+@dataclass(slots=True)
+class TickStats:
+    """What the ticker has done."""
+
+    ticks: int = 0
+    blocks: int = 0
+    readings: int = 0
+    flagged_readings: int = 0
+    missed_ticks: int = 0
+    unbuffered_ticks: int = 0
+    device_failures: int = 0
+
+
+class CollectorRuntime:
+    """Runs one plant's collector until cancelled."""
+
+    def __init__(
+        self,
+        *,
+        plan: ReadPlan,
+        signer: Signer,
+        buffer: Buffer,
+        source: DeviceSource,
+        tick_ms: int,
+        keep_raw_registers: bool = True,
+        uplinks: list[GrpcUplink] | None = None,
+        wakeup: asyncio.Event | None = None,
+        acked: asyncio.Event | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.plan = plan
+        self.signer = signer
+        self.buffer = buffer
+        self.source = source
+        self.tick_ms = tick_ms
+        self.keep_raw_registers = keep_raw_registers
+        self.uplinks = uplinks or []
+        self.wakeup = wakeup or asyncio.Event()
+        self.acked = acked or asyncio.Event()
+        self.clock = clock
+        self.stats = TickStats()
+        self._buffer_full = False
+
+    def __repr__(self) -> str:
+        return (f"CollectorRuntime(collector={self.plan.collector_id!r}, "
+                f"head={self.buffer.chain_state().sequence}, uplinks={self.uplinks!r})")
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _store(self, draft: BlockDraft) -> bool:
+        full: BufferFullError | None = None
+        try:
+            self.buffer.append(seal(self.buffer, self.signer, draft, self._now_ms()))
+        except BufferFullError as exc:
+            full = exc
+        if full is not None:
+            self.stats.unbuffered_ticks += 1
+            if not self._buffer_full:
+                log.error("ALARM: %s; new readings are not being recorded until the gateway "
+                          "acknowledges older blocks (nothing buffered is dropped)", full)
+            self._buffer_full = True
+            return False
+        if self._buffer_full:
+            log.warning("buffer has room again after %d unrecorded ticks",
+                        self.stats.unbuffered_ticks)
+        self._buffer_full = False
+        self.stats.blocks += 1
+        self.wakeup.set()
+        return True
+
+    def record_config_if_changed(self) -> bool:
+        """Append a configuration block when the chain does not already carry this config."""
+        if self.buffer.chain_state().config_digest == self.plan.config_digest:
+            return False
+        now = self._now_ms()
+        draft = BlockDraft(
+            collector_id=self.plan.collector_id, window_start_unix_ms=now,
+            window_end_unix_ms=now, readings=(), config_digest=self.plan.config_digest,
+            kind=pb.BLOCK_KIND_CONFIG, config_document=self.plan.config_document,
+        )
+        stored = self._store(draft)
+        if stored:
+            log.info("recorded configuration %s in block %d",
+                     self.plan.config_digest.hex()[:16], self.buffer.chain_state().sequence)
+        return stored
+
+    async def _poll_device(self, device: DevicePlan) -> list[ReadingValue]:
+        started_ms = self._now_ms()
+        responses, error = await self.source.poll(device)
+        if error is not None:
+            self.stats.device_failures += 1
+        return decode_device(device, responses, started_ms, keep_raw=self.keep_raw_registers)
+
+    async def tick(self, window_start_ms: int) -> bool:
+        """Poll every device once and store one block for the window starting here."""
+        results = await asyncio.gather(*(self._poll_device(d) for d in self.plan.devices))
+        readings = [reading for device_readings in results for reading in device_readings]
+        self.stats.ticks += 1
+        self.stats.readings += len(readings)
+        self.stats.flagged_readings += sum(1 for r in readings if r.quality != pb.QUALITY_NORMAL)
+        draft = BlockDraft(
+            collector_id=self.plan.collector_id,
+            window_start_unix_ms=window_start_ms,
+            window_end_unix_ms=window_start_ms + self.tick_ms,
+            readings=readings,
+            config_digest=self.plan.config_digest,
+        )
+        return self._store(draft)
+
+    async def _ticker(self) -> None:
+        self.record_config_if_changed()
+        tick = self.tick_ms
+        next_start = (self._now_ms() // tick + 1) * tick
+        while True:
+            delay_s = (next_start - self._now_ms()) / 1000
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            await self.tick(next_start)
+            following = next_start + tick
+            now = self._now_ms()
+            if now >= following + tick:
+                skipped = (now - following) // tick
+                self.stats.missed_ticks += skipped
+                log.warning("collector fell %d tick(s) behind; the windows in between are empty",
+                            skipped)
+                following += skipped * tick
+            next_start = following
+
+    async def run_until(self, stop: asyncio.Event, *, drain_timeout_s: float = 5.0) -> None:
+        """Tick and stream until `stop` is set; then stop ticking and give the uplinks up to
+        `drain_timeout_s` to have the gateway acknowledge what is buffered. What is still
+        unacknowledged stays in the buffer for the next run."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                ticker = group.create_task(self._ticker(), name="ticker")
+                uplinks = [group.create_task(uplink.run(), name=f"uplink-{index}")
+                           for index, uplink in enumerate(self.uplinks)]
+                await stop.wait()
+                ticker.cancel()
+                if uplinks:
+                    await self._drain(drain_timeout_s)
+                for task in uplinks:
+                    task.cancel()
+        finally:
+            await self.source.close()
+            self.buffer.close()
+
+    async def _drain(self, timeout_s: float) -> None:
+        head = self.buffer.chain_state().sequence
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.buffer.depth().acknowledged_through < head:
+                    self.acked.clear()
+                    await self.acked.wait()
+        except TimeoutError:
+            depth = self.buffer.depth()
+            log.warning("stopping with %d block(s) unacknowledged; they stay buffered and are "
+                        "sent on the next run", depth.blocks)
+        else:
+            log.info("stopped with every block acknowledged (through sequence %d)", head)
+
+
+def build_runtime(plant: LoadedPlant) -> CollectorRuntime:
+    """Wire a runtime from a loaded plant configuration: key, buffer, Modbus source, uplink."""
+    plan = compile_plan(plant)
+    section = plant.config.collector
+    signer = Signer(signing_key=load_signing_key(plant.resolve(section.key_file)))
+    buffer = SqliteBuffer(path=Path(plant.resolve(section.buffer.path)),
+                          max_bytes=section.buffer.max_bytes)
+    wakeup, acked = asyncio.Event(), asyncio.Event()
+    uplink = GrpcUplink(config=section.uplink.grpc, collector_id=plan.collector_id,
+                        key_id=signer.key_id, buffer=buffer, wakeup=wakeup, acked=acked)
+    return CollectorRuntime(
+        plan=plan, signer=signer, buffer=buffer, source=ModbusTcpSource(),
+        tick_ms=section.tick_ms, keep_raw_registers=section.keep_raw_registers,
+        uplinks=[uplink], wakeup=wakeup, acked=acked,
+    )

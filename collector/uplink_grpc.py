@@ -1,0 +1,220 @@
+"""The gRPC uplink: streams buffered blocks to the gateway; the only home of grpc in the collector.
+
+On connect the collector says hello and the gateway answers with the highest contiguous sequence
+it has stored; the collector drops what is acknowledged and sends the rest in batches, keeping a
+bounded number of batches in flight. Every gateway answer is an end-to-end ack, the only thing
+that deletes blocks from the buffer. Any trouble ends the session; the next one starts after a
+capped, jittered backoff and resumes where the gateway says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from dataclasses import dataclass, field
+
+import grpc
+import grpc.aio
+
+from collector.buffer import Buffer
+from collector.config import GrpcUplinkConfig
+from collector.errors import UplinkError
+from proto.stackline.v1 import stackline_pb2 as pb
+from proto.stackline.v1 import stackline_pb2_grpc as pb_grpc
+
+__all__ = ["GrpcUplink", "UplinkState", "UplinkStats"]
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SOFTWARE_VERSION = "stackline-collector/0.1.0"
+
+
+class UplinkState(enum.Enum):
+    """Where the uplink stands."""
+
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class UplinkStats:
+    """Counters a status line or a metrics endpoint reads."""
+
+    sessions: int = 0
+    batches_sent: int = 0
+    blocks_sent: int = 0
+    acknowledged_through: int = 0
+    rejections: int = 0
+    last_error: str = ""
+    rejection_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class GrpcUplink:
+    """Sends the buffer to the gateway over one bidirectional gRPC stream at a time."""
+
+    def __init__(
+        self,
+        *,
+        config: GrpcUplinkConfig,
+        collector_id: str,
+        key_id: str,
+        buffer: Buffer,
+        wakeup: asyncio.Event,
+        acked: asyncio.Event | None = None,
+    ) -> None:
+        self.config = config
+        self.collector_id = collector_id
+        self.key_id = key_id
+        self.buffer = buffer
+        self.wakeup = wakeup
+        self.acked = acked or asyncio.Event()
+        self.state = UplinkState.CONNECTING
+        self.stats = UplinkStats()
+        self._backoff_s = config.reconnect_initial_s
+
+    def __repr__(self) -> str:
+        return f"GrpcUplink(target={self.config.target!r}, state={self.state.value})"
+
+    async def run(self) -> None:
+        """Keep a session up until cancelled."""
+        try:
+            while True:
+                self.state = UplinkState.CONNECTING
+                try:
+                    await self._session()
+                except UplinkError as exc:
+                    self._failed(str(exc))
+                except grpc.aio.AioRpcError as exc:
+                    self._failed(f"gRPC {exc.code().name}: {exc.details()}")
+                self.state = UplinkState.BACKOFF
+                delay = self._backoff_s * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+                self._backoff_s = min(self._backoff_s * 2, self.config.reconnect_max_s)
+                await asyncio.sleep(delay)
+        finally:
+            self.state = UplinkState.STOPPED
+
+    def _failed(self, message: str) -> None:
+        if message != self.stats.last_error:
+            log.warning("uplink to %s: %s; retrying with backoff", self.config.target, message)
+        self.stats.last_error = message
+
+    async def _session(self) -> None:
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        async with grpc.aio.insecure_channel(self.config.target, options=options) as channel:
+            stub = pb_grpc.IngestStub(channel)
+            call = stub.Stream()
+            await call.write(pb.IngestRequest(hello=pb.Hello(
+                collector_id=self.collector_id, key_id=self.key_id,
+                software_version=SOFTWARE_VERSION)))
+            try:
+                async with asyncio.timeout(HELLO_TIMEOUT_S):
+                    first = await call.read()
+            except TimeoutError as exc:
+                raise UplinkError("the gateway did not answer the hello") from exc
+            ack = self._expect_ack(first)
+            resume_from = self._on_resume(ack)
+            self.stats.sessions += 1
+            self.state = UplinkState.STREAMING
+            self._backoff_s = self.config.reconnect_initial_s
+            log.info("uplink to %s streaming from sequence %d", self.config.target, resume_from)
+            in_flight = asyncio.Semaphore(self.config.max_batches_in_flight)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._send(call, resume_from, in_flight), name="uplink-send")
+                    group.create_task(self._receive(call, in_flight), name="uplink-receive")
+            except* UplinkError as group_error:
+                raise group_error.exceptions[0] from None
+            except* grpc.aio.AioRpcError as group_error:
+                raise group_error.exceptions[0] from None
+            finally:
+                call.cancel()
+
+    def _expect_ack(self, response: object) -> pb.Ack:
+        if response is grpc.aio.EOF or not isinstance(response, pb.IngestResponse):
+            raise UplinkError("the gateway closed the stream")
+        if response.HasField("error"):
+            raise UplinkError(
+                f"the gateway refused this collector: {response.error.reason}: {response.error.detail}"
+            )
+        return response.ack
+
+    def _on_resume(self, ack: pb.Ack) -> int:
+        head = self.buffer.chain_state().sequence
+        stored = ack.stored_through_sequence
+        if stored > head:
+            raise UplinkError(
+                f"the gateway has stored up to sequence {stored} but this collector's chain ends at "
+                f"{head}: its buffer was replaced or reset; restore the buffer file or enrol a new "
+                "collector id"
+            )
+        self._acknowledge(stored)
+        pending = self.buffer.read_from(0, 1)
+        if pending and pending[0][0] > stored + 1:
+            log.error(
+                "the gateway has stored up to sequence %d but this collector's oldest buffered "
+                "block is %d: blocks %d..%d are gone from both sides", stored, pending[0][0],
+                stored + 1, pending[0][0] - 1,
+            )
+        return stored + 1
+
+    def _acknowledge(self, through: int) -> None:
+        self.buffer.acknowledge(through)
+        self.stats.acknowledged_through = max(self.stats.acknowledged_through, through)
+        self.acked.set()
+
+    async def _send(
+        self, call: grpc.aio.StreamStreamCall[pb.IngestRequest, pb.IngestResponse],
+        next_sequence: int, in_flight: asyncio.Semaphore,
+    ) -> None:
+        while True:
+            await in_flight.acquire()
+            blocks = self.buffer.read_from(next_sequence, self.config.max_blocks_per_batch)
+            if not blocks:
+                in_flight.release()
+                self.wakeup.clear()
+                if not self.buffer.read_from(next_sequence, 1):
+                    try:
+                        async with asyncio.timeout(1.0):
+                            await self.wakeup.wait()
+                    except TimeoutError:
+                        pass
+                continue
+            batch = pb.Batch()
+            for _, envelope in blocks:
+                batch.blocks.add().ParseFromString(envelope)
+            await call.write(pb.IngestRequest(batch=batch))
+            self.stats.batches_sent += 1
+            self.stats.blocks_sent += len(blocks)
+            next_sequence = blocks[-1][0] + 1
+
+    async def _receive(
+        self, call: grpc.aio.StreamStreamCall[pb.IngestRequest, pb.IngestResponse],
+        in_flight: asyncio.Semaphore,
+    ) -> None:
+        while True:
+            ack = self._expect_ack(await call.read())
+            self._acknowledge(ack.stored_through_sequence)
+            in_flight.release()
+            if ack.rejections:
+                for rejection in ack.rejections:
+                    self.stats.rejections += 1
+                    reasons = self.stats.rejection_reasons
+                    reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
+                    log.error("gateway rejected block %d: %s: %s", rejection.sequence,
+                              rejection.reason, rejection.detail)
+                raise UplinkError(
+                    f"{len(ack.rejections)} block(s) rejected; resending from sequence "
+                    f"{ack.stored_through_sequence + 1} after a backoff"
+                )

@@ -1,0 +1,132 @@
+"""The gateway's subcommands: `gateway run`, `gateway enroll`, `verify` and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import GatewayError
+from proto.errors import StacklineWireError
+
+__all__ = ["add_commands"]
+
+
+def add_commands(commands: Any) -> None:
+    """Register the gateway's subcommands on the `stackline` parser."""
+    gateway = commands.add_parser("gateway", help="the central service")
+    actions = gateway.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = actions.add_parser("run", help="receive, verify and store blocks")
+    run.add_argument("--config", required=True, type=Path, help="gateway configuration (YAML)")
+    run.set_defaults(handler=_run)
+    enroll = actions.add_parser("enroll", help="register a collector's public key")
+    enroll.add_argument("--config", required=True, type=Path, help="gateway configuration (YAML)")
+    enroll.add_argument("--collector-id", required=True, help="the collector id in its plant config")
+    enroll.add_argument("--public-key", required=True, type=Path,
+                        help="the .pub file made by `stackline keygen`")
+    enroll.set_defaults(handler=_enroll)
+
+    verify = commands.add_parser("verify", help="re-check every stored block's signature and link")
+    verify.add_argument("--ledger", required=True, help="ledger file (SQLite)")
+    verify.add_argument("--collector", help="only this collector id")
+    verify.add_argument("--json", action="store_true", help="print a JSON object")
+    verify.set_defaults(handler=_verify)
+
+    demo = commands.add_parser("demo", help="simulator, collector and gateway on embedded defaults")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop after this many seconds of streamed data (default: until Ctrl-C)")
+    demo.add_argument("--data-dir", type=Path, default=Path(".stackline/demo"),
+                      help="where keys, configs, logs and DIR/ledger.sqlite go")
+    demo.add_argument("--plant", type=Path, default=None,
+                      help="plant configuration to simulate (default: the demo plant)")
+    demo.set_defaults(handler=_demo)
+
+
+def _fail(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.config import load_gateway_config  # noqa: PLC0415 - keep --help fast
+    from gateway.runtime import GatewayRuntime  # noqa: PLC0415
+
+    try:
+        runtime = GatewayRuntime(config=load_gateway_config(args.config))
+    except GatewayError as exc:
+        return _fail(exc)
+
+    async def main() -> None:
+        await runtime.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runtime.stop()
+
+    try:
+        asyncio.run(main())
+    except GatewayError as exc:
+        return _fail(exc)
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from gateway.config import load_gateway_config  # noqa: PLC0415
+    from gateway.ledger import SqliteLedger  # noqa: PLC0415
+    from gateway.runtime import enroll_collector  # noqa: PLC0415
+    from proto.keys import load_public_key  # noqa: PLC0415
+
+    async def main() -> str:
+        config = load_gateway_config(args.config)
+        public_key = load_public_key(args.public_key)
+        ledger = SqliteLedger(path=config.ledger_path())
+        try:
+            return await enroll_collector(ledger, collector_id=args.collector_id,
+                                          public_key=public_key)
+        finally:
+            await ledger.close()
+
+    try:
+        key_id = asyncio.run(main())
+    except (GatewayError, StacklineWireError) as exc:
+        return _fail(exc)
+    print(f"enrolled collector {args.collector_id} with key {key_id}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from gateway.ledger import open_ledger  # noqa: PLC0415
+    from gateway.verifier import render_text, verify_ledger  # noqa: PLC0415
+
+    async def main() -> Any:
+        ledger = open_ledger(args.ledger, read_only=True)
+        try:
+            return await verify_ledger(ledger, collector_id=args.collector)
+        finally:
+            await ledger.close()
+
+    try:
+        report = asyncio.run(main())
+    except GatewayError as exc:
+        return _fail(exc)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(render_text(report))
+    return 0 if report.ok else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import DEFAULT_PLANT, run_demo  # noqa: PLC0415
+
+    try:
+        return asyncio.run(run_demo(data_dir=args.data_dir, duration_s=args.duration,
+                                    plant_template=args.plant or DEFAULT_PLANT))
+    except (GatewayError, StacklineWireError, RuntimeError) as exc:
+        return _fail(exc)

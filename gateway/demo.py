@@ -1,0 +1,212 @@
+"""`stackline demo`: the simulated plant, its collector and the gateway on embedded defaults.
+
+Each part runs as its own process, as in production (`stackline simulate`, `stackline collector
+run`, `stackline gateway run`), in its own session so that Ctrl-C reaches only this orchestrator,
+which then stops them in order: the collector first (it drains its buffer into the gateway), then
+the simulator and the gateway. The gateway code never imports the collector: the plant
+configuration is read here as plain YAML only to rewrite ports and paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.ledger import SqliteLedger
+from gateway.runtime import enroll_collector
+from gateway.verifier import render_text, verify_ledger
+from proto.keys import generate_key_files, load_public_key
+
+__all__ = ["DEFAULT_PLANT", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PLANT = REPO / "firmware-config" / "plants" / "demo-plant.yaml"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_configs(data_dir: Path, plant_template: Path) -> tuple[Path, Path, str]:
+    """Write DIR/gateway.yaml and DIR/plant.yaml with free ports and paths inside DIR."""
+    grpc_port = _free_port()
+    gateway_config = data_dir / "gateway.yaml"
+    gateway_config.write_text(yaml.safe_dump({
+        "gateway": {"id": "demo-gateway"},
+        "listen": {"grpc": f"127.0.0.1:{grpc_port}"},
+        "ledger": {"path": "ledger.sqlite"},
+    }, sort_keys=False))
+    plant: dict[str, Any] = yaml.safe_load(plant_template.read_text())
+    collector = plant["collector"]
+    collector["key_file"] = "keys/collector.key"
+    collector["buffer"]["path"] = "collector-buffer.sqlite"
+    collector["uplink"]["grpc"]["target"] = f"127.0.0.1:{grpc_port}"
+    ports: dict[int, int] = {}
+    for device in plant["devices"]:
+        device["profile"] = str((plant_template.parent / device["profile"]).resolve())
+        template_port = int(device["tcp"]["port"])
+        ports.setdefault(template_port, _free_port())
+        device["tcp"]["port"] = ports[template_port]
+    plant_config = data_dir / "plant.yaml"
+    plant_config.write_text(
+        f"# written by `stackline demo` from {plant_template}\n"
+        + yaml.safe_dump(plant, sort_keys=False))
+    return gateway_config, plant_config, str(collector["id"])
+
+
+def _prepare(data_dir: Path, plant_template: Path, out: Any) -> tuple[Path, Path, Path, str, Path]:
+    """Folders, configurations and (on the first run) the collector's key."""
+    data_dir = data_dir.resolve()
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    gateway_config, plant_config, collector_id = _write_configs(data_dir, plant_template)
+    key_path = data_dir / "keys" / "collector.key"
+    if not key_path.exists():
+        _, key_id = generate_key_files(key_path)
+        print(f"generated collector key {key_id} in {key_path}", file=out)
+    return data_dir, gateway_config, plant_config, collector_id, key_path
+
+
+def _ports(plant_config: Path, gateway_config: Path) -> tuple[dict[str, Any], int]:
+    plant: dict[str, Any] = yaml.safe_load(plant_config.read_text())
+    listen = str(yaml.safe_load(gateway_config.read_text())["listen"]["grpc"])
+    return plant, int(listen.rsplit(":", 1)[1])
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    handle = log_path.open("ab")
+    return subprocess.Popen(  # noqa: S603 - our own CLI, arguments built here
+        [sys.executable, "-m", "proto.cli", *args],
+        stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, cwd=os.getcwd(),
+    )
+
+
+async def _wait_port(port: int, process: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}; see {log_path}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise RuntimeError(f"{what} did not listen on port {port} within {START_TIMEOUT_S:.0f} s; "
+                       f"see {log_path}")
+
+
+def _stop(process: subprocess.Popen[bytes], what: str) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop within %.0f s; killing it", what, STOP_TIMEOUT_S)
+        process.kill()
+        process.wait()
+
+
+async def run_demo(*, data_dir: Path, duration_s: float | None, plant_template: Path,
+                   out: Any = sys.stdout) -> int:
+    """Run the demo until `duration_s` seconds of data have streamed (or Ctrl-C); return an
+    exit status (0 when the final verification passes)."""
+    data_dir, gateway_config, plant_config, collector_id, key_path = _prepare(
+        data_dir, plant_template, out)
+    ledger_path = data_dir / "ledger.sqlite"
+    ledger = SqliteLedger(path=ledger_path)
+    try:
+        key_id = await enroll_collector(
+            ledger, collector_id=collector_id,
+            public_key=load_public_key(key_path.with_name(key_path.name + ".pub")))
+    finally:
+        await ledger.close()
+    print(f"collector {collector_id} enrolled with key {key_id}; ledger {ledger_path}", file=out)
+
+    plant, grpc_port = _ports(plant_config, gateway_config)
+    logs = data_dir / "logs"
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        processes["gateway"] = _spawn(["gateway", "run", "--config", str(gateway_config)],
+                                      logs / "gateway.log")
+        processes["simulator"] = _spawn(["simulate", "--config", str(plant_config)],
+                                        logs / "simulator.log")
+        await _wait_port(grpc_port, processes["gateway"], "the gateway", logs / "gateway.log")
+        for port in sorted({int(d["tcp"]["port"]) for d in plant["devices"]}):
+            await _wait_port(port, processes["simulator"], "the simulator", logs / "simulator.log")
+        processes["collector"] = _spawn(["collector", "run", "--config", str(plant_config)],
+                                        logs / "collector.log")
+        print(f"simulator, collector and gateway running; logs in {logs}; Ctrl-C stops", file=out)
+        await _watch(ledger_path, processes, stop, duration_s, out)
+    finally:
+        for name in ("collector", "simulator", "gateway"):
+            if name in processes:
+                _stop(processes[name], name)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    reader = SqliteLedger(path=ledger_path, read_only=True)
+    try:
+        report = await verify_ledger(reader)
+    finally:
+        await reader.close()
+    print("", file=out)
+    print(render_text(report), file=out)
+    summary = {k: v for k, v in report.to_json().items() if k not in ("per_collector", "findings")}
+    print(json.dumps(summary), file=out)
+    return 0 if report.ok else 1
+
+
+async def _watch(ledger_path: Path, processes: dict[str, subprocess.Popen[bytes]],
+                 stop: asyncio.Event, duration_s: float | None, out: Any) -> None:
+    """Print a status line a second; return at the deadline, on a signal, or if a part dies."""
+    reader = SqliteLedger(path=ledger_path, read_only=True)
+    started: float | None = None
+    header = f"{'t':>5}  {'blocks':>7}  {'readings':>9}  {'lag':>7}  {'quarantined':>11}"
+    print(header, file=out)
+    try:
+        while not stop.is_set():
+            summary = await reader.summary()
+            now = time.time()
+            if started is None and summary.blocks > 0:
+                started = time.monotonic()
+            elapsed = 0.0 if started is None else time.monotonic() - started
+            lag = ("-" if summary.latest_window_start_unix_ms is None
+                   else f"{max(0.0, now - summary.latest_window_start_unix_ms / 1000):.1f}s")
+            print(f"{elapsed:5.0f}  {summary.blocks:7d}  {summary.readings:9d}  {lag:>7}  "
+                  f"{summary.quarantined:11d}", file=out, flush=True)
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"the {name} exited with status {process.returncode}; "
+                                       f"see its log")
+            if duration_s is not None and started is not None and elapsed >= duration_s:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
+    finally:
+        await reader.close()

@@ -1,0 +1,157 @@
+"""The gRPC ingest server; the only home of grpc in the gateway.
+
+Requests arrive as raw bytes (no deserializer is registered) so that a message that does not parse
+is still in hand to be quarantined as evidence; the stream then goes on. A stream must start with a
+hello naming an enrolled collector; the answer is an ack saying where to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+from gateway.ingest import IngestCore, Refusal
+from proto.chain import ChainHead
+from proto.stackline.v1 import stackline_pb2 as pb
+
+__all__ = ["GrpcIngestServer"]
+
+log = logging.getLogger(__name__)
+
+TRANSPORT = "grpc"
+SERVICE = "stackline.v1.Ingest"
+
+
+def _ack(collector_id: str, head: ChainHead, refusals: tuple[Refusal, ...] = ()) -> bytes:
+    return pb.IngestResponse(ack=pb.Ack(
+        collector_id=collector_id,
+        stored_through_sequence=head.sequence,
+        head_hash=head.hash if head.sequence else b"",
+        rejections=[pb.Rejection(sequence=r.sequence, reason=r.reason, detail=r.detail)
+                    for r in refusals],
+    )).SerializeToString()
+
+
+def _error(refusal: Refusal) -> bytes:
+    return pb.IngestResponse(error=pb.Rejection(
+        sequence=refusal.sequence, reason=refusal.reason, detail=refusal.detail,
+    )).SerializeToString()
+
+
+class GrpcIngestServer:
+    """Serves `stackline.v1.Ingest/Stream` on one address."""
+
+    def __init__(self, *, core: IngestCore, address: str, max_message_bytes: int,
+                 max_blocks_per_batch: int) -> None:
+        self.core = core
+        self.address = address
+        self.max_message_bytes = max_message_bytes
+        self.max_blocks_per_batch = max_blocks_per_batch
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self.active_streams = 0
+
+    def __repr__(self) -> str:
+        return f"GrpcIngestServer(address={self.address!r}, port={self.port})"
+
+    async def start(self) -> int:
+        """Bind and start serving; return the bound port (useful with port 0)."""
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ])
+        handler = grpc.method_handlers_generic_handler(SERVICE, {
+            "Stream": grpc.stream_stream_rpc_method_handler(self._stream),
+        })
+        server.add_generic_rpc_handlers((handler,))
+        self.port = server.add_insecure_port(self.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.address}")
+        await server.start()
+        self._server = server
+        log.info("gRPC ingest listening on %s (plaintext)", self.address.rsplit(":", 1)[0]
+                 + f":{self.port}")
+        return self.port
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Stop accepting streams; let running ones finish within the grace period."""
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
+
+    async def wait(self) -> None:
+        """Serve until the server stops."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def _stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        peer = context.peer()
+        collector_id = ""
+        self.active_streams += 1
+        try:
+            async for raw in requests:
+                request = pb.IngestRequest()
+                try:
+                    request.ParseFromString(raw)
+                except DecodeError as exc:
+                    refusal = await self.core.refuse(
+                        raw=raw, collector_id=collector_id, transport=TRANSPORT, peer=peer,
+                        refusal=Refusal(0, "malformed_message",
+                                        f"not a stackline.v1.IngestRequest: {exc}"))
+                    if not collector_id:
+                        yield _error(refusal)
+                        return
+                    yield _ack(collector_id, await self.core.ledger.head(collector_id), (refusal,))
+                    continue
+                kind = request.WhichOneof("kind")
+                if not collector_id:
+                    if kind != "hello":
+                        yield _error(await self.core.refuse(
+                            raw=raw, collector_id="", transport=TRANSPORT, peer=peer,
+                            refusal=Refusal(0, "protocol_violation",
+                                            "a stream must start with a hello")))
+                        return
+                    claimed = request.hello.collector_id
+                    if await self.core.collector(claimed) is None:
+                        yield _error(await self.core.refuse(
+                            raw=raw, collector_id=claimed, transport=TRANSPORT, peer=peer,
+                            refusal=Refusal(0, "unknown_collector",
+                                            f"collector {claimed!r} is not enrolled at this "
+                                            "gateway; enrol its public key with "
+                                            "`stackline gateway enroll`")))
+                        return
+                    collector_id = claimed
+                    log.info("collector %s connected from %s", collector_id, peer)
+                    yield _ack(collector_id, await self.core.ledger.head(collector_id))
+                    continue
+                if kind != "batch":
+                    refusal = await self.core.refuse(
+                        raw=raw, collector_id=collector_id, transport=TRANSPORT, peer=peer,
+                        refusal=Refusal(0, "protocol_violation",
+                                        "only batches may follow the hello"))
+                    yield _ack(collector_id, await self.core.ledger.head(collector_id), (refusal,))
+                    continue
+                blocks = list(request.batch.blocks)
+                if len(blocks) > self.max_blocks_per_batch:
+                    refusal = await self.core.refuse(
+                        raw=raw, collector_id=collector_id, transport=TRANSPORT, peer=peer,
+                        refusal=Refusal(0, "batch_too_large",
+                                        f"{len(blocks)} blocks in one batch; the limit is "
+                                        f"{self.max_blocks_per_batch}"))
+                    yield _ack(collector_id, await self.core.ledger.head(collector_id), (refusal,))
+                    continue
+                outcome = await self.core.ingest(collector_id=collector_id, envelopes=blocks,
+                                                 transport=TRANSPORT, peer=peer)
+                yield _ack(collector_id, outcome.head, outcome.refusals)
+        finally:
+            self.active_streams -= 1
+            if collector_id:
+                log.info("collector %s disconnected", collector_id)

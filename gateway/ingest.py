@@ -1,0 +1,178 @@
+"""The ingest pipeline every transport shares: verify, place on the chain, store, acknowledge.
+
+`verify_envelope` is pure. `IngestCore` adds the ledger: it owns the key cache, the counters, and
+the rule that anything refused is quarantined with its reason and its bytes, and raises an alarm
+where it points at tampering (a forged signature, a fork). Transports (gRPC now) only frame
+messages and call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from gateway.ledger.base import CollectorKey, Ledger, QuarantineEntry, VerifiedBlock
+from proto.chain import ChainHead, Placement
+from proto.errors import VerificationError
+from proto.stackline.v1 import stackline_pb2 as pb
+from proto.wire import Verifier, block_hash, decode_block
+
+__all__ = ["ALARM_REASONS", "IngestCore", "IngestOutcome", "IngestStats", "Refusal",
+           "verify_envelope"]
+
+log = logging.getLogger(__name__)
+
+ALARM_REASONS = frozenset({
+    "bad_signature", "unknown_key", "collector_mismatch", "fork", "replayed_sequence",
+    "broken_link",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why one block or message was refused."""
+
+    sequence: int
+    reason: str
+    detail: str
+
+
+def verify_envelope(
+    envelope: pb.SignedBlock, *, collector_id: str, key: CollectorKey, verifier: Verifier
+) -> VerifiedBlock | Refusal:
+    """Check an envelope's key, signature and payload for the collector of the stream."""
+    if envelope.key_id != key.key_id:
+        return Refusal(0, "unknown_key",
+                       f"signed with key {envelope.key_id or '(none)'}, but collector "
+                       f"{collector_id} is enrolled with key {key.key_id}")
+    try:
+        verifier.verify(envelope.payload, envelope.signature)
+        block = decode_block(envelope.payload)
+    except VerificationError as exc:
+        return Refusal(0, exc.reason, exc.detail)
+    if block.collector_id != collector_id:
+        return Refusal(block.sequence, "collector_mismatch",
+                       f"block names collector {block.collector_id!r} but arrived for "
+                       f"{collector_id!r}")
+    return VerifiedBlock(
+        collector_id=collector_id,
+        sequence=block.sequence,
+        previous_hash=block.previous_hash,
+        hash=block_hash(envelope.payload),
+        payload=envelope.payload,
+        signature=envelope.signature,
+        key_id=envelope.key_id,
+        window_start_unix_ms=block.window_start_unix_ms,
+        window_end_unix_ms=block.window_end_unix_ms,
+        reading_count=len(block.readings),
+        kind=block.kind,
+        envelope=envelope.SerializeToString(),
+    )
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Counters for status output and, later, metrics."""
+
+    blocks_stored: Counter[str] = field(default_factory=Counter)
+    readings_stored: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    rejections: Counter[str] = field(default_factory=Counter)
+    evidence_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """What a transport tells the collector after a batch."""
+
+    head: ChainHead
+    refusals: tuple[Refusal, ...]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class IngestCore:
+    """Verifies and stores blocks for any transport."""
+
+    def __init__(self, *, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.stats = IngestStats()
+        self._keys: dict[str, tuple[CollectorKey, Verifier]] = {}
+
+    def __repr__(self) -> str:
+        return f"IngestCore(ledger={self.ledger!r}, collectors={len(self._keys)})"
+
+    async def collector(self, collector_id: str) -> tuple[CollectorKey, Verifier] | None:
+        """The enrolled key of a collector, re-reading the registry on a miss."""
+        if collector_id not in self._keys:
+            for cid, key in (await self.ledger.collector_keys()).items():
+                if cid not in self._keys:
+                    self._keys[cid] = (key, Verifier(public_key=key.public_key))
+        return self._keys.get(collector_id)
+
+    async def refuse(
+        self, *, raw: bytes, collector_id: str, refusal: Refusal, transport: str, peer: str,
+    ) -> Refusal:
+        """Count a refusal and keep its bytes as evidence."""
+        alarm = refusal.reason in ALARM_REASONS
+        entry = QuarantineEntry(_now_ms(), transport, peer, collector_id,
+                                refusal.sequence or None, refusal.reason, refusal.detail, raw,
+                                alarm)
+        kept = await self.ledger.quarantine([entry])
+        self._count_refusal(entry, kept == 1)
+        return refusal
+
+    def _count_refusal(self, entry: QuarantineEntry, kept: bool) -> None:
+        self.stats.rejections[entry.reason] += 1
+        if not kept:
+            self.stats.evidence_dropped += 1
+        level = logging.ERROR if entry.alarm else logging.WARNING
+        log.log(level, "%srefused %s from collector %r (%s, %s): %s%s",
+                "ALARM: " if entry.alarm else "", entry.reason, entry.collector_id,
+                entry.transport, entry.peer, entry.detail,
+                "" if kept else " [quarantine full: evidence not kept]")
+
+    async def ingest(
+        self, *, collector_id: str, envelopes: list[pb.SignedBlock], transport: str, peer: str,
+    ) -> IngestOutcome:
+        """Verify a batch in order and store it; stop at the first refused block."""
+        known = await self.collector(collector_id)
+        if known is None:
+            refusal = Refusal(0, "unknown_collector",
+                              f"collector {collector_id!r} is not enrolled at this gateway")
+            raw = pb.Batch(blocks=envelopes).SerializeToString()
+            await self.refuse(raw=raw, collector_id=collector_id, refusal=refusal,
+                              transport=transport, peer=peer)
+            return IngestOutcome(ChainHead.empty(), (refusal,))
+        key, verifier = known
+        verified: list[VerifiedBlock] = []
+        refusals: list[Refusal] = []
+        for envelope in envelopes:
+            result = verify_envelope(envelope, collector_id=collector_id, key=key,
+                                     verifier=verifier)
+            if isinstance(result, Refusal):
+                await self.refuse(raw=envelope.SerializeToString(), collector_id=collector_id,
+                                  refusal=result, transport=transport, peer=peer)
+                refusals.append(result)
+                break
+            verified.append(result)
+        if not verified:
+            return IngestOutcome(await self.ledger.head(collector_id), tuple(refusals))
+        appended = await self.ledger.append(collector_id, verified, transport=transport,
+                                            peer=peer, received_unix_ms=_now_ms())
+        for block, placement in zip(verified, appended.placements, strict=False):
+            if placement is Placement.NEXT:
+                self.stats.blocks_stored[collector_id] += 1
+                self.stats.readings_stored[collector_id] += block.reading_count
+            elif placement is Placement.DUPLICATE:
+                self.stats.duplicates[collector_id] += 1
+        if appended.refused is not None:
+            entry = appended.refused
+            self._count_refusal(entry, appended.evidence_kept)
+            # the chain refusal comes first: it happened to an earlier block than any signature one
+            refusals.insert(0, Refusal(entry.sequence or 0, entry.reason, entry.detail))
+        return IngestOutcome(appended.head, tuple(refusals))

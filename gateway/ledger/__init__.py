@@ -1,0 +1,36 @@
+"""Ledger backends behind one interface (`gateway.ledger.base.Ledger`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.ledger.base import (
+    AppendResult,
+    CollectorKey,
+    Ledger,
+    LedgerSummary,
+    QuarantineEntry,
+    StoredRow,
+    VerifiedBlock,
+)
+from gateway.ledger.sqlite import SqliteLedger
+
+__all__ = [
+    "AppendResult",
+    "CollectorKey",
+    "Ledger",
+    "LedgerSummary",
+    "QuarantineEntry",
+    "SqliteLedger",
+    "StoredRow",
+    "VerifiedBlock",
+    "open_ledger",
+]
+
+
+def open_ledger(location: str, *, read_only: bool = False,
+                quarantine_max_rows: int = 100_000) -> SqliteLedger:
+    """A ledger from a location: a SQLite file path (or `sqlite:///path`)."""
+    path = location.removeprefix("sqlite://") if location.startswith("sqlite://") else location
+    return SqliteLedger(path=Path(path), read_only=read_only,
+                        quarantine_max_rows=quarantine_max_rows)

@@ -1,0 +1,142 @@
+"""The ledger interface: the system of record for signed blocks, keys and quarantined evidence."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from proto.chain import ChainHead, Placement
+
+__all__ = [
+    "AppendResult",
+    "CollectorKey",
+    "Ledger",
+    "LedgerSummary",
+    "QuarantineEntry",
+    "StoredRow",
+    "VerifiedBlock",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorKey:
+    """An enrolled collector and its public key."""
+
+    collector_id: str
+    key_id: str
+    public_key: bytes
+    enrolled_unix_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBlock:
+    """A block whose signature held and whose payload parsed; its chain position is still open."""
+
+    collector_id: str
+    sequence: int
+    previous_hash: bytes
+    hash: bytes
+    payload: bytes
+    signature: bytes
+    key_id: str
+    window_start_unix_ms: int
+    window_end_unix_ms: int
+    reading_count: int
+    kind: int
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """Rejected input, kept as evidence with the reason it was refused."""
+
+    received_unix_ms: int
+    transport: str
+    peer: str
+    collector_id: str
+    sequence: int | None
+    reason: str
+    detail: str
+    raw: bytes
+    alarm: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """The chain head after an append, and what happened to each block offered (in order; blocks
+    after the first refused one are not considered and have no entry). `refused` is the evidence
+    of the refused block, if any; `evidence_kept` says whether the quarantine had room for it."""
+
+    head: ChainHead
+    placements: tuple[Placement, ...]
+    refused: QuarantineEntry | None
+    evidence_kept: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One stored block as a verifier reads it."""
+
+    entry_index: int
+    collector_id: str
+    sequence: int
+    hash: bytes
+    payload: bytes
+    signature: bytes
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSummary:
+    """Counts an operator's status line shows."""
+
+    blocks: int
+    readings: int
+    collectors: int
+    quarantined: int
+    latest_window_start_unix_ms: int | None
+
+
+class Ledger(Protocol):
+    """Append-only storage of verified blocks, idempotent on (collector id, sequence)."""
+
+    async def enroll(self, key: CollectorKey) -> None:
+        """Register a collector's key; EnrolmentError if the collector has a different key."""
+        ...
+
+    async def collector_keys(self) -> dict[str, CollectorKey]:
+        """Every enrolled collector by id."""
+        ...
+
+    async def head(self, collector_id: str) -> ChainHead:
+        """The collector's highest contiguous stored block."""
+        ...
+
+    async def append(
+        self, collector_id: str, blocks: list[VerifiedBlock], *, transport: str, peer: str,
+        received_unix_ms: int,
+    ) -> AppendResult:
+        """Place each block on the chain in one transaction; store the next ones, acknowledge
+        duplicates, quarantine the first refused one and stop there."""
+        ...
+
+    async def quarantine(self, entries: list[QuarantineEntry]) -> int:
+        """Keep rejected input as evidence; return how many were kept (the rest hit the cap)."""
+        ...
+
+    async def quarantine_counts(self) -> dict[str, int]:
+        """Quarantined entries by reason."""
+        ...
+
+    def iter_blocks(self, collector_id: str | None = None) -> AsyncIterator[StoredRow]:
+        """Every stored block, by collector and sequence."""
+        ...
+
+    async def summary(self) -> LedgerSummary:
+        """Totals for a status line."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store."""
+        ...

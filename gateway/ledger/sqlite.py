@@ -1,0 +1,356 @@
+"""The SQLite ledger, the embedded default. One connection, used from one worker thread.
+
+Blocks are append-only (triggers refuse UPDATE and DELETE); each collector's chain head is kept in
+`chain_heads` and moved in the same transaction as the blocks it covers. Every commit is synced
+(WAL, synchronous=FULL) before the gateway acknowledges anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.errors import EnrolmentError, LedgerError, RetryableLedgerError
+from gateway.ledger.base import (
+    AppendResult,
+    CollectorKey,
+    LedgerSummary,
+    QuarantineEntry,
+    StoredRow,
+    VerifiedBlock,
+)
+from proto.chain import ChainHead, Placement, StoredBlock, place_block
+
+__all__ = ["SCHEMA_VERSION", "SqliteLedger"]
+
+SCHEMA_VERSION = 1
+PAGE_ROWS = 2000
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS collectors (
+    collector_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    public_key BLOB NOT NULL,
+    enrolled_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (collector_id, key_id)
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    entry_index INTEGER PRIMARY KEY AUTOINCREMENT,
+    collector_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    previous_hash BLOB NOT NULL,
+    payload BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    key_id TEXT NOT NULL,
+    window_start_unix_ms INTEGER NOT NULL,
+    window_end_unix_ms INTEGER NOT NULL,
+    reading_count INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    transport TEXT NOT NULL,
+    received_unix_ms INTEGER NOT NULL,
+    UNIQUE (collector_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS chain_heads (
+    collector_id TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    readings INTEGER NOT NULL,
+    latest_window_start_unix_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_unix_ms INTEGER NOT NULL,
+    transport TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    collector_id TEXT NOT NULL,
+    sequence INTEGER,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    alarm INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS blocks_no_update BEFORE UPDATE ON blocks
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS blocks_no_delete BEFORE DELETE ON blocks
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+"""
+
+
+class SqliteLedger:
+    """Ledger in one SQLite file."""
+
+    def __init__(self, *, path: Path, quarantine_max_rows: int = 100_000,
+                 read_only: bool = False) -> None:
+        self.path = path
+        self.quarantine_max_rows = quarantine_max_rows
+        self.read_only = read_only
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ledger-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._heads: dict[str, ChainHead] = {}
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger(path={str(self.path)!r}, read_only={self.read_only})"
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._db is None:
+            self._db = self._connect()
+        try:
+            return fn(self._db)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise RetryableLedgerError(f"ledger {self.path} is busy: {exc}",
+                                           retry_after_s=0.5) from exc
+            raise LedgerError(f"ledger {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"ledger {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            if not self.path.exists():
+                raise LedgerError(f"no ledger at {self.path}")
+            return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise LedgerError(
+                    f"ledger {self.path} has schema {row[0]}, this gateway knows {SCHEMA_VERSION}"
+                )
+        return db
+
+    async def open(self) -> None:
+        """Create or check the schema now rather than at the first request."""
+        await self._run(lambda db: None)
+
+    # --- keys ------------------------------------------------------------------------------
+
+    async def enroll(self, key: CollectorKey) -> None:
+        """Register a collector key; refuse a second, different key for the same collector."""
+        def work(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                rows = db.execute("SELECT key_id FROM collectors WHERE collector_id = ?",
+                                  (key.collector_id,)).fetchall()
+                known = {r[0] for r in rows}
+                if key.key_id in known:
+                    return
+                if known:
+                    raise EnrolmentError(
+                        f"collector {key.collector_id} is enrolled with key {sorted(known)[0]}; "
+                        "key rotation is not supported yet: enrol the new key under a new collector id"
+                    )
+                db.execute("INSERT INTO collectors VALUES (?, ?, ?, ?)",
+                           (key.collector_id, key.key_id, key.public_key, key.enrolled_unix_ms))
+        await self._run(work)
+
+    async def collector_keys(self) -> dict[str, CollectorKey]:
+        """Every enrolled collector."""
+        def work(db: sqlite3.Connection) -> dict[str, CollectorKey]:
+            rows = db.execute(
+                "SELECT collector_id, key_id, public_key, enrolled_unix_ms FROM collectors"
+            ).fetchall()
+            return {r[0]: CollectorKey(r[0], r[1], bytes(r[2]), int(r[3])) for r in rows}
+        return await self._run(work)
+
+    # --- chain -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_head(db: sqlite3.Connection, collector_id: str) -> ChainHead:
+        row = db.execute("SELECT sequence, hash FROM chain_heads WHERE collector_id = ?",
+                         (collector_id,)).fetchone()
+        return ChainHead.empty() if row is None else ChainHead(int(row[0]), bytes(row[1]))
+
+    async def head(self, collector_id: str) -> ChainHead:
+        """The collector's chain head."""
+        return await self._run(lambda db: self._read_head(db, collector_id))
+
+    async def append(
+        self, collector_id: str, blocks: list[VerifiedBlock], *, transport: str, peer: str,
+        received_unix_ms: int,
+    ) -> AppendResult:
+        """Place and store blocks in one synced transaction."""
+        def work(db: sqlite3.Connection) -> AppendResult:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                head = self._read_head(db, collector_id)
+                placements: list[Placement] = []
+                quarantined: list[QuarantineEntry] = []
+                rows = []
+                readings = 0
+                latest_start = 0
+                for block in blocks:
+                    stored = None
+                    if block.sequence <= head.sequence:
+                        found = db.execute(
+                            "SELECT hash, previous_hash FROM blocks "
+                            "WHERE collector_id = ? AND sequence = ?",
+                            (collector_id, block.sequence)).fetchone()
+                        if found is None:
+                            raise LedgerError(
+                                f"chain head of {collector_id} is {head.sequence} but block "
+                                f"{block.sequence} is missing: the ledger is damaged")
+                        stored = StoredBlock(bytes(found[0]), bytes(found[1]))
+                    placement = place_block(head=head, sequence=block.sequence,
+                                            block_hash=block.hash,
+                                            previous_hash=block.previous_hash,
+                                            stored_at_sequence=stored)
+                    placements.append(placement)
+                    if placement is Placement.NEXT:
+                        rows.append((collector_id, block.sequence, block.hash, block.previous_hash,
+                                     block.payload, block.signature, block.key_id,
+                                     block.window_start_unix_ms, block.window_end_unix_ms,
+                                     block.reading_count, block.kind, transport, received_unix_ms))
+                        readings += block.reading_count
+                        latest_start = max(latest_start, block.window_start_unix_ms)
+                        head = ChainHead(block.sequence, block.hash)
+                    elif placement is not Placement.DUPLICATE:
+                        quarantined.append(_refusal(
+                            block, placement, head, stored=stored, transport=transport,
+                            peer=peer, received_unix_ms=received_unix_ms))
+                        break
+                if rows:
+                    db.executemany(
+                        "INSERT INTO blocks (collector_id, sequence, hash, previous_hash, payload, "
+                        "signature, key_id, window_start_unix_ms, window_end_unix_ms, "
+                        "reading_count, kind, transport, received_unix_ms) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    db.execute(
+                        "INSERT INTO chain_heads VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (collector_id) DO UPDATE SET sequence = excluded.sequence, "
+                        "hash = excluded.hash, readings = readings + excluded.readings, "
+                        "latest_window_start_unix_ms = MAX(latest_window_start_unix_ms, "
+                        "excluded.latest_window_start_unix_ms)",
+                        (collector_id, head.sequence, head.hash, readings, latest_start))
+                kept = self._insert_quarantine(db, quarantined)
+            refused = quarantined[0] if quarantined else None
+            return AppendResult(head, tuple(placements), refused, kept == 1)
+        return await self._run(work)
+
+    # --- quarantine ------------------------------------------------------------------------
+
+    def _insert_quarantine(self, db: sqlite3.Connection, entries: list[QuarantineEntry]) -> int:
+        if not entries:
+            return 0
+        (count,) = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()
+        room = max(0, self.quarantine_max_rows - int(count))
+        kept = entries[:room]
+        db.executemany(
+            "INSERT INTO quarantine (received_unix_ms, transport, peer, collector_id, sequence, "
+            "reason, detail, raw, alarm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(e.received_unix_ms, e.transport, e.peer, e.collector_id, e.sequence, e.reason,
+              e.detail, e.raw, int(e.alarm)) for e in kept])
+        return len(kept)
+
+    async def quarantine(self, entries: list[QuarantineEntry]) -> int:
+        """Keep rejected input; return how many fit under the cap."""
+        def work(db: sqlite3.Connection) -> int:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                return self._insert_quarantine(db, entries)
+        return await self._run(work)
+
+    async def quarantine_counts(self) -> dict[str, int]:
+        """Quarantined entries by reason."""
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            rows = db.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall()
+            return {str(r[0]): int(r[1]) for r in rows}
+        return await self._run(work)
+
+    async def quarantine_entries(self) -> list[QuarantineEntry]:
+        """Every quarantined entry, oldest first."""
+        def work(db: sqlite3.Connection) -> list[QuarantineEntry]:
+            rows = db.execute(
+                "SELECT received_unix_ms, transport, peer, collector_id, sequence, reason, detail, "
+                "raw, alarm FROM quarantine ORDER BY id").fetchall()
+            return [QuarantineEntry(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]),
+                                    bool(r[8])) for r in rows]
+        return await self._run(work)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def iter_blocks(self, collector_id: str | None = None) -> AsyncIterator[StoredRow]:
+        """Every stored block, by collector and sequence, a page at a time."""
+        after: tuple[str, int] = ("", -1)
+        while True:
+            def page(db: sqlite3.Connection, after: tuple[str, int] = after) -> list[StoredRow]:
+                if collector_id is None:
+                    rows = db.execute(
+                        "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
+                        "key_id FROM blocks WHERE (collector_id, sequence) > (?, ?) "
+                        "ORDER BY collector_id, sequence LIMIT ?", (*after, PAGE_ROWS)).fetchall()
+                else:
+                    rows = db.execute(
+                        "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
+                        "key_id FROM blocks WHERE collector_id = ? AND sequence > ? "
+                        "ORDER BY sequence LIMIT ?", (collector_id, after[1], PAGE_ROWS)).fetchall()
+                return [StoredRow(int(r[0]), r[1], int(r[2]), bytes(r[3]), bytes(r[4]),
+                                  bytes(r[5]), r[6]) for r in rows]
+            rows = await self._run(page)
+            for row in rows:
+                yield row
+            if len(rows) < PAGE_ROWS:
+                return
+            after = (rows[-1].collector_id, rows[-1].sequence)
+
+    async def summary(self) -> LedgerSummary:
+        """Totals from the chain heads (cheap: no scan of the blocks)."""
+        def work(db: sqlite3.Connection) -> LedgerSummary:
+            blocks, readings, collectors, latest = db.execute(
+                "SELECT COALESCE(SUM(sequence), 0), COALESCE(SUM(readings), 0), COUNT(*), "
+                "MAX(latest_window_start_unix_ms) FROM chain_heads").fetchone()
+            (quarantined,) = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()
+            return LedgerSummary(int(blocks), int(readings), int(collectors), int(quarantined),
+                                 None if latest is None else int(latest))
+        return await self._run(work)
+
+    async def close(self) -> None:
+        """Close the connection and the worker thread."""
+        def work(db: sqlite3.Connection) -> None:
+            db.close()
+        if self._db is not None:
+            await self._run(work)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+
+def _refusal(block: VerifiedBlock, placement: Placement, head: ChainHead, *,
+             stored: StoredBlock | None, transport: str, peer: str,
+             received_unix_ms: int) -> QuarantineEntry:
+    if placement is Placement.FORK:
+        assert stored is not None
+        detail = (f"sequence {block.sequence} is stored with hash {stored.hash.hex()[:16]}; this "
+                  f"block has the same parent but hash {block.hash.hex()[:16]}: two histories "
+                  "signed by one key")
+    elif placement is Placement.REPLAYED_SEQUENCE:
+        detail = (f"sequence {block.sequence} is already used (chain head {head.sequence}) by a "
+                  "different block, and this one does not extend the stored chain")
+    elif placement is Placement.BROKEN_LINK:
+        detail = (f"previous_hash {block.previous_hash.hex()[:16]} does not match the hash of "
+                  f"stored block {head.sequence} ({head.hash.hex()[:16]})")
+    else:
+        detail = (f"expected sequence {head.sequence + 1}, got {block.sequence}: blocks in between "
+                  "have not arrived")
+    alarm = placement in (Placement.FORK, Placement.REPLAYED_SEQUENCE, Placement.BROKEN_LINK)
+    return QuarantineEntry(received_unix_ms, transport, peer, block.collector_id, block.sequence,
+                           placement.value, detail, block.envelope, alarm)

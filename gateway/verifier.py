@@ -1,0 +1,206 @@
+"""`stackline verify`: re-check every stored block's hash, signature and chain link.
+
+The audit itself (`ChainAudit`) is pure: it is fed stored rows in (collector, sequence) order
+and the enrolled keys, and trusts nothing else the ledger says (hashes are recomputed from the
+payload bytes, links are checked against the recomputed hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.ledger.base import CollectorKey, Ledger, StoredRow
+from proto.errors import UnacceptableKeyError, VerificationError
+from proto.wire import GENESIS_HASH, Verifier, decode_block
+
+__all__ = ["ChainAudit", "CollectorAudit", "Finding", "VerifyReport", "render_text", "verify_ledger"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem, located."""
+
+    collector_id: str
+    sequence: int
+    problem: str
+    detail: str
+
+
+@dataclass(slots=True)
+class CollectorAudit:
+    """Per-collector totals."""
+
+    blocks: int = 0
+    readings: int = 0
+    first_sequence: int = 0
+    last_sequence: int = 0
+    gaps: int = 0
+    missing_blocks: int = 0
+    bad_signatures: int = 0
+    broken_links: int = 0
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """Everything `stackline verify` prints."""
+
+    collectors: dict[str, CollectorAudit] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    quarantined: int = 0
+
+    def total(self, name: str) -> int:
+        """Sum of one per-collector counter."""
+        return sum(int(getattr(audit, name)) for audit in self.collectors.values())
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong with the stored chains."""
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        """The machine-readable summary."""
+        return {
+            "ok": self.ok,
+            "blocks": self.total("blocks"),
+            "readings": self.total("readings"),
+            "collectors": len(self.collectors),
+            "gaps": self.total("gaps"),
+            "missing_blocks": self.total("missing_blocks"),
+            "bad_signatures": self.total("bad_signatures"),
+            "broken_links": self.total("broken_links"),
+            "quarantined": self.quarantined,
+            "per_collector": {
+                cid: {"blocks": a.blocks, "readings": a.readings,
+                      "first_sequence": a.first_sequence, "last_sequence": a.last_sequence,
+                      "gaps": a.gaps, "bad_signatures": a.bad_signatures,
+                      "broken_links": a.broken_links}
+                for cid, a in sorted(self.collectors.items())
+            },
+            "findings": [
+                {"collector_id": f.collector_id, "sequence": f.sequence, "problem": f.problem,
+                 "detail": f.detail} for f in self.findings
+            ],
+        }
+
+
+class ChainAudit:
+    """Feeds on stored rows, collector by collector in sequence order, and builds a report."""
+
+    def __init__(self, *, keys: dict[str, CollectorKey]) -> None:
+        self.report = VerifyReport()
+        self._verifiers: dict[tuple[str, str], Verifier | None] = {}
+        for key in keys.values():
+            try:
+                self._verifiers[(key.collector_id, key.key_id)] = Verifier(public_key=key.public_key)
+            except UnacceptableKeyError:
+                self._verifiers[(key.collector_id, key.key_id)] = None
+        self._collector = ""
+        self._expected = 1
+        self._previous_hash = GENESIS_HASH
+
+    def __repr__(self) -> str:
+        return f"ChainAudit(collectors={len(self.report.collectors)})"
+
+    def _find(self, row: StoredRow, problem: str, detail: str) -> None:
+        self.report.findings.append(Finding(row.collector_id, row.sequence, problem, detail))
+
+    def feed(self, row: StoredRow) -> None:
+        """Check one stored block against its key and the block before it."""
+        if row.collector_id != self._collector:
+            self._collector = row.collector_id
+            self._expected = 1
+            self._previous_hash = GENESIS_HASH
+        audit = self.report.collectors.setdefault(row.collector_id, CollectorAudit())
+        audit.blocks += 1
+        if audit.first_sequence == 0:
+            audit.first_sequence = row.sequence
+        audit.last_sequence = row.sequence
+        actual_hash = hashlib.sha256(row.payload).digest()
+        signature_ok = self._check_signature(row, audit)
+        if signature_ok and actual_hash != row.hash:
+            self._find(row, "hash_mismatch",
+                       "the stored hash column does not match SHA-256 of the payload")
+        if row.sequence > self._expected:
+            audit.gaps += 1
+            audit.missing_blocks += row.sequence - self._expected
+            self._find(row, "gap", f"blocks {self._expected}..{row.sequence - 1} are missing")
+        try:
+            block = decode_block(row.payload)
+        except VerificationError as exc:
+            if signature_ok:
+                self._find(row, "malformed_block", exc.detail)
+            block = None
+        if block is not None:
+            audit.readings += len(block.readings)
+            if block.sequence != row.sequence or block.collector_id != row.collector_id:
+                audit.broken_links += 1
+                self._find(row, "mislabelled",
+                           f"payload says collector {block.collector_id!r} sequence "
+                           f"{block.sequence}")
+            elif row.sequence == self._expected and block.previous_hash != self._previous_hash:
+                audit.broken_links += 1
+                what = ("32 zero bytes" if row.sequence == 1
+                        else f"the hash of block {row.sequence - 1}")
+                self._find(row, "broken_link",
+                           f"previous_hash {block.previous_hash.hex()[:16]} is not {what} "
+                           f"({self._previous_hash.hex()[:16]})")
+        self._expected = row.sequence + 1
+        self._previous_hash = actual_hash
+
+    def _check_signature(self, row: StoredRow, audit: CollectorAudit) -> bool:
+        verifier = self._verifiers.get((row.collector_id, row.key_id))
+        if verifier is None:
+            audit.bad_signatures += 1
+            self._find(row, "bad_signature",
+                       f"key {row.key_id} is not an enrolled key of {row.collector_id}")
+            return False
+        try:
+            verifier.verify(row.payload, row.signature)
+        except VerificationError as exc:
+            audit.bad_signatures += 1
+            self._find(row, "bad_signature", exc.detail)
+            return False
+        return True
+
+
+async def verify_ledger(ledger: Ledger, *, collector_id: str | None = None) -> VerifyReport:
+    """Audit every chain in the ledger (or one collector's)."""
+    audit = ChainAudit(keys=await ledger.collector_keys())
+    async for row in ledger.iter_blocks(collector_id):
+        audit.feed(row)
+    counts = await ledger.quarantine_counts()
+    audit.report.quarantined = sum(counts.values())
+    return audit.report
+
+
+def render_text(report: VerifyReport, *, max_findings: int = 50) -> str:
+    """A table per collector, the findings, and a verdict line."""
+    header = ("collector", "blocks", "sequences", "readings", "gaps", "bad sigs", "broken links")
+    rows = [header]
+    for cid, a in sorted(report.collectors.items()):
+        rows.append((cid, str(a.blocks), f"{a.first_sequence}..{a.last_sequence}",
+                     str(a.readings), str(a.gaps), str(a.bad_signatures), str(a.broken_links)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
+                                                                        strict=True)]
+        lines.append("  ".join(cells))
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    if not report.collectors:
+        lines.append("(no blocks in the ledger)")
+    lines.append("")
+    for finding in report.findings[:max_findings]:
+        lines.append(f"FAIL  {finding.collector_id} block {finding.sequence}: {finding.problem}: "
+                     f"{finding.detail}")
+    if len(report.findings) > max_findings:
+        lines.append(f"... and {len(report.findings) - max_findings} more (use --json for all)")
+    if report.quarantined:
+        lines.append(f"note  {report.quarantined} refused input(s) are kept in quarantine")
+    verdict = ("OK    every block's signature and chain link verified" if report.ok
+               else f"FAILED  {len(report.findings)} problem(s) found")
+    lines.append(verdict)
+    return "\n".join(lines)

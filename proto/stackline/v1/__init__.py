@@ -1,0 +1,1 @@
+"""Generated stackline.v1 wire code; regenerate with `python -m proto.codegen`."""

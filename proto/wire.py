@@ -1,0 +1,194 @@
+"""Build, sign, hash and verify blocks exactly as DESIGN.md's wire contract says.
+
+The rule every side applies (and `docs/verifying.md` states for outside verifiers):
+
+* block hash  = SHA-256(payload)
+* signature   = Ed25519 over `b"stackline/v1/block\\x00" + payload`, checked with libsodium's
+  `crypto_sign_open` (PyNaCl): strict, canonical-S, small-order public keys refused
+* key id      = first 16 hex digits of SHA-256(raw 32-byte public key)
+* public keys are accepted at enrolment only when libsodium's `crypto_core_ed25519_is_valid_point`
+  holds (canonical encoding, on the main subgroup, not of small order)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+from google.protobuf.message import DecodeError
+
+from proto.errors import UnacceptableKeyError, VerificationError
+from proto.stackline.v1 import stackline_pb2 as pb
+
+__all__ = [
+    "GENESIS_HASH",
+    "SIGNATURE_CONTEXT",
+    "BlockDraft",
+    "ReadingValue",
+    "Signer",
+    "Verifier",
+    "block_hash",
+    "check_public_key",
+    "decode_block",
+    "encode_block",
+    "key_id_of",
+    "sign_payload",
+]
+
+SIGNATURE_CONTEXT = b"stackline/v1/block\x00"
+GENESIS_HASH = bytes(32)
+HASH_BYTES = 32
+SIGNATURE_BYTES = 64
+PUBLIC_KEY_BYTES = 32
+
+
+def block_hash(payload: bytes) -> bytes:
+    """SHA-256 of the exact payload bytes."""
+    return hashlib.sha256(payload).digest()
+
+
+def key_id_of(public_key: bytes) -> str:
+    """First 16 hex digits of SHA-256 of the raw 32-byte public key."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def check_public_key(public_key: bytes) -> None:
+    """Refuse a key that the verification rule does not accept; raise UnacceptableKeyError."""
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        raise UnacceptableKeyError(
+            f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes, this one is {len(public_key)}"
+        )
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
+        raise UnacceptableKeyError(
+            "public key is not a canonical point of the main subgroup (small-order or "
+            "non-canonical keys are refused at enrolment)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingValue:
+    """One decoded reading, ready to go into a block."""
+
+    point_id: str
+    time_unix_ms: int
+    value: float
+    quality: int
+    raw_registers: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDraft:
+    """Everything a block holds except the chain position, which the buffer assigns."""
+
+    collector_id: str
+    window_start_unix_ms: int
+    window_end_unix_ms: int
+    readings: Sequence[ReadingValue]
+    config_digest: bytes
+    kind: int = pb.BLOCK_KIND_READINGS
+    config_document: bytes = b""
+
+
+def encode_block(draft: BlockDraft, *, sequence: int, previous_hash: bytes) -> bytes:
+    """Serialize a block once; these bytes are what gets signed, sent, stored and verified."""
+    if sequence < 1:
+        raise ValueError("sequence numbers start at 1")
+    if len(previous_hash) != HASH_BYTES:
+        raise ValueError("previous_hash must be 32 bytes")
+    block = pb.Block(
+        collector_id=draft.collector_id,
+        sequence=sequence,
+        previous_hash=previous_hash,
+        window_start_unix_ms=draft.window_start_unix_ms,
+        window_end_unix_ms=draft.window_end_unix_ms,
+        config_digest=draft.config_digest,
+        kind=draft.kind,  # type: ignore[arg-type]  # an int from the same enum
+        config_document=draft.config_document,
+    )
+    add = block.readings.add
+    for reading in draft.readings:
+        add(
+            point_id=reading.point_id,
+            time_unix_ms=reading.time_unix_ms,
+            value=reading.value,
+            quality=reading.quality,
+            raw_registers=reading.raw_registers,
+        )
+    return block.SerializeToString()
+
+
+def decode_block(payload: bytes) -> pb.Block:
+    """Parse payload bytes into a Block; raise VerificationError('malformed_block') if they are not one."""
+    block = pb.Block()
+    try:
+        block.ParseFromString(payload)
+    except DecodeError as exc:
+        raise VerificationError("malformed_block", f"payload is not a stackline.v1.Block: {exc}") from exc
+    if block.sequence < 1:
+        raise VerificationError("malformed_block", "sequence must be 1 or more")
+    if len(block.previous_hash) != HASH_BYTES:
+        raise VerificationError(
+            "malformed_block", f"previous_hash is {len(block.previous_hash)} bytes, not 32"
+        )
+    if not block.collector_id:
+        raise VerificationError("malformed_block", "collector_id is empty")
+    for reading in block.readings:
+        if math.isinf(reading.value):
+            raise VerificationError("malformed_block", f"reading {reading.point_id} is infinite")
+    return block
+
+
+def sign_payload(signing_key: nacl.signing.SigningKey, payload: bytes) -> bytes:
+    """Ed25519 signature over the context-prefixed payload."""
+    return signing_key.sign(SIGNATURE_CONTEXT + payload).signature
+
+
+class Signer:
+    """Signs block payloads with one collector key."""
+
+    def __init__(self, *, signing_key: nacl.signing.SigningKey) -> None:
+        self._signing_key = signing_key
+        self.public_key = bytes(signing_key.verify_key)
+        self.key_id = key_id_of(self.public_key)
+
+    def __repr__(self) -> str:
+        return f"Signer(key_id={self.key_id!r})"
+
+    def envelope(self, payload: bytes) -> pb.SignedBlock:
+        """Wrap a payload in a signed envelope."""
+        return pb.SignedBlock(
+            payload=payload,
+            signature=sign_payload(self._signing_key, payload),
+            key_id=self.key_id,
+        )
+
+
+class Verifier:
+    """Checks envelopes against one public key, by the strict libsodium rule."""
+
+    def __init__(self, *, public_key: bytes) -> None:
+        check_public_key(public_key)
+        self.public_key = public_key
+        self.key_id = key_id_of(public_key)
+        self._verify_key = nacl.signing.VerifyKey(public_key)
+
+    def __repr__(self) -> str:
+        return f"Verifier(key_id={self.key_id!r})"
+
+    def verify(self, payload: bytes, signature: bytes) -> None:
+        """Raise VerificationError('bad_signature') unless the signature holds for this key."""
+        if len(signature) != SIGNATURE_BYTES:
+            raise VerificationError(
+                "bad_signature", f"signature is {len(signature)} bytes, not {SIGNATURE_BYTES}"
+            )
+        try:
+            self._verify_key.verify(SIGNATURE_CONTEXT + payload, signature)
+        except nacl.exceptions.BadSignatureError as exc:
+            raise VerificationError(
+                "bad_signature", f"Ed25519 signature does not verify with key {self.key_id}"
+            ) from exc
