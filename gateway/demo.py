@@ -29,7 +29,10 @@ from gateway.runtime import enroll_collector
 from gateway.verifier import render_text, verify_ledger
 from proto.keys import generate_key_files, load_public_key
 
-__all__ = ["DEFAULT_PLANT", "run_demo"]
+__all__ = [
+    "DEFAULT_PLANT", "enroll_demo_collector", "prepare", "run_demo", "spawn", "stop_process",
+    "wait_port", "write_configs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +42,39 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_port(preferred: int = 0) -> int:
+    """`preferred` when it is free, else any free port."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free TCP port on 127.0.0.1")
 
 
-def _write_configs(data_dir: Path, plant_template: Path) -> tuple[Path, Path, str]:
-    """Write DIR/gateway.yaml and DIR/plant.yaml with free ports and paths inside DIR."""
-    grpc_port = _free_port()
+def _previous_ports(data_dir: Path) -> dict[str, int]:
+    """Ports an earlier run used, so that a rerun keeps the same configuration (and so adds no
+    configuration block to the chain) when they are still free."""
+    ports: dict[str, int] = {}
+    try:
+        gateway = yaml.safe_load((data_dir / "gateway.yaml").read_text())
+        ports["grpc"] = int(str(gateway["listen"]["grpc"]).rsplit(":", 1)[1])
+        plant = yaml.safe_load((data_dir / "plant.yaml").read_text())
+        for device in plant["devices"]:
+            ports[str(device["id"])] = int(device["tcp"]["port"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return ports
+    return ports
+
+
+def write_configs(data_dir: Path, plant_template: Path, *,
+                  tick_ms: int | None = None) -> tuple[Path, Path, str]:
+    """Write DIR/gateway.yaml and DIR/plant.yaml with free ports and paths inside DIR; return
+    both paths and the collector id."""
+    previous = _previous_ports(data_dir)
+    grpc_port = _free_port(previous.get("grpc", 0))
     gateway_config = data_dir / "gateway.yaml"
     gateway_config.write_text(yaml.safe_dump({
         "gateway": {"id": "demo-gateway"},
@@ -57,13 +84,15 @@ def _write_configs(data_dir: Path, plant_template: Path) -> tuple[Path, Path, st
     plant: dict[str, Any] = yaml.safe_load(plant_template.read_text())
     collector = plant["collector"]
     collector["key_file"] = "keys/collector.key"
+    if tick_ms is not None:
+        collector["tick_ms"] = tick_ms
     collector["buffer"]["path"] = "collector-buffer.sqlite"
     collector["uplink"]["grpc"]["target"] = f"127.0.0.1:{grpc_port}"
     ports: dict[int, int] = {}
     for device in plant["devices"]:
         device["profile"] = str((plant_template.parent / device["profile"]).resolve())
         template_port = int(device["tcp"]["port"])
-        ports.setdefault(template_port, _free_port())
+        ports.setdefault(template_port, _free_port(previous.get(str(device["id"]), 0)))
         device["tcp"]["port"] = ports[template_port]
     plant_config = data_dir / "plant.yaml"
     plant_config.write_text(
@@ -72,16 +101,29 @@ def _write_configs(data_dir: Path, plant_template: Path) -> tuple[Path, Path, st
     return gateway_config, plant_config, str(collector["id"])
 
 
-def _prepare(data_dir: Path, plant_template: Path, out: Any) -> tuple[Path, Path, Path, str, Path]:
+def prepare(data_dir: Path, plant_template: Path, out: Any, *,
+            tick_ms: int | None = None) -> tuple[Path, Path, Path, str, Path]:
     """Folders, configurations and (on the first run) the collector's key."""
     data_dir = data_dir.resolve()
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
-    gateway_config, plant_config, collector_id = _write_configs(data_dir, plant_template)
+    gateway_config, plant_config, collector_id = write_configs(data_dir, plant_template,
+                                                               tick_ms=tick_ms)
     key_path = data_dir / "keys" / "collector.key"
     if not key_path.exists():
         _, key_id = generate_key_files(key_path)
         print(f"generated collector key {key_id} in {key_path}", file=out)
     return data_dir, gateway_config, plant_config, collector_id, key_path
+
+
+async def enroll_demo_collector(ledger_path: Path, collector_id: str, key_path: Path) -> str:
+    """Enrol the collector's public key (idempotent); return its key id."""
+    ledger = SqliteLedger(path=ledger_path)
+    try:
+        return await enroll_collector(
+            ledger, collector_id=collector_id,
+            public_key=load_public_key(key_path.with_name(key_path.name + ".pub")))
+    finally:
+        await ledger.close()
 
 
 def _ports(plant_config: Path, gateway_config: Path) -> tuple[dict[str, Any], int]:
@@ -90,7 +132,7 @@ def _ports(plant_config: Path, gateway_config: Path) -> tuple[dict[str, Any], in
     return plant, int(listen.rsplit(":", 1)[1])
 
 
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     handle = log_path.open("ab")
     return subprocess.Popen(  # noqa: S603 - our own CLI, arguments built here
         [sys.executable, "-m", "proto.cli", *args],
@@ -99,7 +141,7 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def _wait_port(port: int, process: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
+async def wait_port(port: int, process: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -116,7 +158,7 @@ async def _wait_port(port: int, process: subprocess.Popen[bytes], what: str, log
                        f"see {log_path}")
 
 
-def _stop(process: subprocess.Popen[bytes], what: str) -> None:
+def stop_process(process: subprocess.Popen[bytes], what: str) -> None:
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
@@ -132,16 +174,10 @@ async def run_demo(*, data_dir: Path, duration_s: float | None, plant_template: 
                    out: Any = sys.stdout) -> int:
     """Run the demo until `duration_s` seconds of data have streamed (or Ctrl-C); return an
     exit status (0 when the final verification passes)."""
-    data_dir, gateway_config, plant_config, collector_id, key_path = _prepare(
+    data_dir, gateway_config, plant_config, collector_id, key_path = prepare(
         data_dir, plant_template, out)
     ledger_path = data_dir / "ledger.sqlite"
-    ledger = SqliteLedger(path=ledger_path)
-    try:
-        key_id = await enroll_collector(
-            ledger, collector_id=collector_id,
-            public_key=load_public_key(key_path.with_name(key_path.name + ".pub")))
-    finally:
-        await ledger.close()
+    key_id = await enroll_demo_collector(ledger_path, collector_id, key_path)
     print(f"collector {collector_id} enrolled with key {key_id}; ledger {ledger_path}", file=out)
 
     plant, grpc_port = _ports(plant_config, gateway_config)
@@ -152,21 +188,21 @@ async def run_demo(*, data_dir: Path, duration_s: float | None, plant_template: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        processes["gateway"] = _spawn(["gateway", "run", "--config", str(gateway_config)],
+        processes["gateway"] = spawn(["gateway", "run", "--config", str(gateway_config)],
                                       logs / "gateway.log")
-        processes["simulator"] = _spawn(["simulate", "--config", str(plant_config)],
+        processes["simulator"] = spawn(["simulate", "--config", str(plant_config)],
                                         logs / "simulator.log")
-        await _wait_port(grpc_port, processes["gateway"], "the gateway", logs / "gateway.log")
+        await wait_port(grpc_port, processes["gateway"], "the gateway", logs / "gateway.log")
         for port in sorted({int(d["tcp"]["port"]) for d in plant["devices"]}):
-            await _wait_port(port, processes["simulator"], "the simulator", logs / "simulator.log")
-        processes["collector"] = _spawn(["collector", "run", "--config", str(plant_config)],
+            await wait_port(port, processes["simulator"], "the simulator", logs / "simulator.log")
+        processes["collector"] = spawn(["collector", "run", "--config", str(plant_config)],
                                         logs / "collector.log")
         print(f"simulator, collector and gateway running; logs in {logs}; Ctrl-C stops", file=out)
         await _watch(ledger_path, processes, stop, duration_s, out)
     finally:
         for name in ("collector", "simulator", "gateway"):
             if name in processes:
-                _stop(processes[name], name)
+                stop_process(processes[name], name)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     reader = SqliteLedger(path=ledger_path, read_only=True)

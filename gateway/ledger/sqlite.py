@@ -104,9 +104,9 @@ class SqliteLedger:
         return await loop.run_in_executor(self._executor, self._call, fn)
 
     def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        if self._db is None:
-            self._db = self._connect()
         try:
+            if self._db is None:
+                self._db = self._connect()
             return fn(self._db)
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
@@ -197,11 +197,13 @@ class SqliteLedger:
                 placements: list[Placement] = []
                 quarantined: list[QuarantineEntry] = []
                 rows = []
+                # blocks placed earlier in this batch are not in the table until the insert below
+                pending: dict[int, StoredBlock] = {}
                 readings = 0
                 latest_start = 0
                 for block in blocks:
-                    stored = None
-                    if block.sequence <= head.sequence:
+                    stored = pending.get(block.sequence)
+                    if stored is None and block.sequence <= head.sequence:
                         found = db.execute(
                             "SELECT hash, previous_hash FROM blocks "
                             "WHERE collector_id = ? AND sequence = ?",
@@ -221,6 +223,7 @@ class SqliteLedger:
                                      block.payload, block.signature, block.key_id,
                                      block.window_start_unix_ms, block.window_end_unix_ms,
                                      block.reading_count, block.kind, transport, received_unix_ms))
+                        pending[block.sequence] = StoredBlock(block.hash, block.previous_hash)
                         readings += block.reading_count
                         latest_start = max(latest_start, block.window_start_unix_ms)
                         head = ChainHead(block.sequence, block.hash)

@@ -1,0 +1,51 @@
+"""`stackline demo --duration 20` ends with at least 19 consecutive blocks that verify."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from proto.stackline.v1 import stackline_pb2 as pb
+from proto.wire import decode_block
+from tests.support import run_stackline
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_for_twenty_seconds(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    result = run_stackline("demo", "--duration", "20", "--data-dir", str(data_dir), timeout_s=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[3].split() == ["t", "blocks", "readings", "lag", "quarantined"]
+    assert "OK" in result.stdout
+
+    ledger = data_dir / "ledger.sqlite"
+    with sqlite3.connect(ledger) as db:
+        rows = db.execute("SELECT collector_id, sequence, payload FROM blocks "
+                          "ORDER BY collector_id, sequence").fetchall()
+    assert {row[0] for row in rows} == {"demo-plant-c1"}
+    sequences = [int(row[1]) for row in rows]
+    assert sequences == list(range(1, len(sequences) + 1))
+    kinds = [decode_block(bytes(row[2])).kind for row in rows]
+    assert kinds[0] == pb.BLOCK_KIND_CONFIG
+    assert kinds.count(pb.BLOCK_KIND_READINGS) >= 19
+
+    verified = run_stackline("verify", "--ledger", str(ledger), "--json")
+    assert verified.returncode == 0, verified.stdout
+    report = json.loads(verified.stdout)
+    assert (report["gaps"], report["bad_signatures"], report["broken_links"]) == (0, 0, 0)
+    assert report["blocks"] == len(rows)
+    assert report["readings"] == 14 * kinds.count(pb.BLOCK_KIND_READINGS)
+
+    # a second run continues the same chain: same key, same ledger, no second config block
+    again = run_stackline("demo", "--duration", "2", "--data-dir", str(data_dir), timeout_s=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    with sqlite3.connect(ledger) as db:
+        more = [decode_block(bytes(p)).kind for (p,) in db.execute(
+            "SELECT payload FROM blocks ORDER BY sequence")]
+    assert len(more) > len(rows)
+    assert more.count(pb.BLOCK_KIND_CONFIG) == 1

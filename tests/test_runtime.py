@@ -1,0 +1,142 @@
+"""The collector against a real pymodbus simulator: polled values, flags, blocks, and coalescing."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from collector.buffer import MemoryBuffer
+from collector.config import LoadedPlant, load_plant
+from collector.modbus_source import ModbusTcpSource
+from collector.plan import compile_plan
+from collector.runtime import CollectorRuntime
+from collector.simulator import PlantSimulator, point_value, status_word
+from proto.stackline.v1 import stackline_pb2 as pb
+from proto.wire import Signer, Verifier, block_hash, decode_block
+from tests.conftest import DEMO_PLANT
+from tests.support import write_plant
+
+# An instant outside the demo CEMS rack's calibration window (checked below).
+FIXED_T = 1_795_000_100.0
+
+
+def test_fixed_instant_is_outside_calibration() -> None:
+    plant = load_plant(DEMO_PLANT)
+    status = plant.devices[0].profile.status
+    assert status is not None
+    assert status_word("cems-1", status, FIXED_T) == 0
+
+
+def _float32(value: float) -> float:
+    return float(struct.unpack(">f", struct.pack(">f", value))[0])
+
+
+async def _serve(plant: LoadedPlant, clock: float) -> AsyncIterator[PlantSimulator]:
+    simulator = PlantSimulator(plant=plant, clock=lambda: clock)
+    task = asyncio.create_task(simulator.serve())
+    # the simulator is up when every endpoint accepts a connection
+    for host, port in simulator.endpoints:
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            break
+    yield simulator
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def _runtime(plant: LoadedPlant, buffer: MemoryBuffer, signer: Signer) -> CollectorRuntime:
+    return CollectorRuntime(plan=compile_plan(plant), signer=signer, buffer=buffer,
+                            source=ModbusTcpSource(), tick_ms=1000, clock=lambda: FIXED_T)
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer(signing_key=nacl.signing.SigningKey.generate())
+
+
+async def test_tick_reads_every_point_as_the_simulator_serves_it(tmp_path: Path, signer: Signer) -> None:
+    plant = load_plant(write_plant(tmp_path, grpc_port=1))
+    buffer = MemoryBuffer()
+    runtime = _runtime(plant, buffer, signer)
+    async for simulator in _serve(plant, FIXED_T):
+        assert runtime.record_config_if_changed()
+        assert await runtime.tick(1_795_000_100_000)
+        await runtime.source.close()
+        counted = {sim.device.config.id: sim.reads for sim in simulator.devices}
+
+    blocks = [decode_block(pb.SignedBlock.FromString(env).payload) for _, env in buffer.read_from(1, 10)]
+    assert [b.kind for b in blocks] == [pb.BLOCK_KIND_CONFIG, pb.BLOCK_KIND_READINGS]
+    config_block, readings_block = blocks
+    assert config_block.config_digest == runtime.plan.config_digest
+    assert readings_block.previous_hash == block_hash(
+        pb.SignedBlock.FromString(buffer.read_from(1, 1)[0][1]).payload)
+    assert readings_block.window_start_unix_ms == 1_795_000_100_000
+    assert readings_block.window_end_unix_ms == 1_795_000_101_000
+
+    by_id = {r.point_id: r for r in readings_block.readings}
+    assert len(by_id) == runtime.plan.reading_count == 14
+    for device in plant.devices:
+        for point in device.profile.points:
+            reading = by_id[f"demo-plant/{device.config.id}/{point.name}"]
+            expected = point_value(device.config.id, point, FIXED_T)
+            if point.data_type.value == "float32":
+                assert reading.value == pytest.approx(_float32(expected), rel=1e-7)
+            else:
+                assert reading.value == pytest.approx(round(expected / point.scale) * point.scale)
+            assert len(reading.raw_registers) == point.data_type.registers
+        if device.profile.status is not None:
+            status = by_id[f"demo-plant/{device.config.id}/status"]
+            assert status.value == status_word(device.config.id, device.profile.status, FIXED_T)
+    # one coalesced request per device per tick: the demo layout allows no fewer
+    assert counted == {"cems-1": 1, "feeder-1a": 1, "feeder-1b": 1}
+    # every envelope verifies with the collector's key
+    for _, envelope in buffer.read_from(1, 10):
+        signed = pb.SignedBlock.FromString(envelope)
+        Verifier(public_key=signer.public_key).verify(signed.payload, signed.signature)
+
+
+async def test_calibration_window_flags_the_cems_points(tmp_path: Path, signer: Signer) -> None:
+    plant = load_plant(write_plant(tmp_path, grpc_port=1))
+    cems = plant.devices[0]
+    assert cems.profile.status is not None
+    calibrating = next(t for t in range(int(FIXED_T), int(FIXED_T) + 400)
+                       if status_word("cems-1", cems.profile.status, float(t)))
+    buffer = MemoryBuffer()
+    runtime = _runtime(plant, buffer, signer)
+    async for _ in _serve(plant, float(calibrating)):
+        await runtime.tick(calibrating * 1000)
+        await runtime.source.close()
+    block = decode_block(pb.SignedBlock.FromString(buffer.read_from(1, 1)[0][1]).payload)
+    flags = {r.point_id: r.quality for r in block.readings}
+    assert flags["demo-plant/cems-1/so2"] == pb.QUALITY_CALIBRATION
+    assert flags["demo-plant/cems-1/status"] == pb.QUALITY_NORMAL
+    assert flags["demo-plant/feeder-1a/feed_rate"] == pb.QUALITY_NORMAL
+
+
+async def test_a_dead_device_still_yields_flagged_readings(tmp_path: Path, signer: Signer) -> None:
+    plant = load_plant(write_plant(tmp_path, grpc_port=1, dead_device=True))
+    buffer = MemoryBuffer()
+    runtime = _runtime(plant, buffer, signer)
+    async for _ in _serve(plant.model_copy(update={"devices": plant.devices[:3]}), FIXED_T):
+        assert await runtime.tick(1_795_000_100_000)
+        await runtime.source.close()
+    block = decode_block(pb.SignedBlock.FromString(buffer.read_from(1, 1)[0][1]).payload)
+    dead = [r for r in block.readings if r.point_id.startswith("demo-plant/cems-dead/")]
+    alive = [r for r in block.readings if r.point_id.startswith("demo-plant/cems-1/")]
+    assert len(dead) == len(alive) == 10  # absence is recorded, point by point
+    assert all(r.quality == pb.QUALITY_COMM_LOSS and math.isnan(r.value) for r in dead)
+    assert all(r.quality == pb.QUALITY_NORMAL for r in alive)
+    assert runtime.stats.device_failures == 1

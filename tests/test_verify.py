@@ -1,0 +1,134 @@
+"""`stackline verify` on a ledger: clean chains pass; a flipped byte, a removed block or a broken
+link is named by collector and sequence, with a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from gateway.ingest import IngestCore
+from gateway.ledger import SqliteLedger
+from gateway.runtime import enroll_collector
+from proto.stackline.v1 import stackline_pb2 as pb
+from proto.wire import GENESIS_HASH, BlockDraft, ReadingValue, Signer, block_hash, encode_block
+from tests.support import run_stackline
+
+BLOCKS = 12
+
+
+def _chain(signer: Signer, collector_id: str, count: int) -> list[pb.SignedBlock]:
+    previous, out = GENESIS_HASH, []
+    for sequence in range(1, count + 1):
+        start = 1_795_000_000_000 + sequence * 1000
+        readings = [ReadingValue(f"p/d/{n}", start, float(sequence * 10 + n), pb.QUALITY_NORMAL)
+                    for n in range(3)]
+        payload = encode_block(BlockDraft(collector_id, start, start + 1000, readings, b"\x01" * 32),
+                               sequence=sequence, previous_hash=previous)
+        out.append(signer.envelope(payload))
+        previous = block_hash(payload)
+    return out
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path) -> Path:
+    """A ledger holding two collectors' clean chains, stored through the ingest pipeline."""
+    path = tmp_path / "ledger.sqlite"
+
+    async def build() -> None:
+        ledger = SqliteLedger(path=path)
+        core = IngestCore(ledger=ledger)
+        for collector_id in ("plant-a-c1", "plant-b-c1"):
+            signer = Signer(signing_key=nacl.signing.SigningKey.generate())
+            await enroll_collector(ledger, collector_id=collector_id, public_key=signer.public_key)
+            outcome = await core.ingest(collector_id=collector_id,
+                                        envelopes=_chain(signer, collector_id, BLOCKS),
+                                        transport="test", peer="test")
+            assert outcome.head.sequence == BLOCKS and not outcome.refusals
+        await ledger.close()
+
+    asyncio.run(build())
+    return path
+
+
+def _tamper(path: Path, sql: str, *args: object) -> None:
+    """What an attacker with write access to the file can do: drop the guards, change rows."""
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TRIGGER blocks_no_update")
+        db.execute("DROP TRIGGER blocks_no_delete")
+        db.execute(sql, args)
+
+
+def test_clean_ledger_verifies(ledger_path: Path) -> None:
+    result = run_stackline("verify", "--ledger", str(ledger_path), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert {k: report[k] for k in ("blocks", "readings", "collectors", "gaps", "bad_signatures",
+                                   "broken_links", "quarantined")} == {
+        "blocks": 2 * BLOCKS, "readings": 2 * BLOCKS * 3, "collectors": 2, "gaps": 0,
+        "bad_signatures": 0, "broken_links": 0, "quarantined": 0}
+    text = run_stackline("verify", "--ledger", str(ledger_path))
+    assert text.returncode == 0
+    assert "OK" in text.stdout and "plant-a-c1" in text.stdout
+
+
+def test_one_flipped_byte_is_named(ledger_path: Path) -> None:
+    with sqlite3.connect(ledger_path) as db:
+        payload = bytes(db.execute("SELECT payload FROM blocks WHERE collector_id = 'plant-b-c1' "
+                                   "AND sequence = 7").fetchone()[0])
+    flipped = bytearray(payload)
+    flipped[len(flipped) // 2] ^= 0x01
+    _tamper(ledger_path, "UPDATE blocks SET payload = ? WHERE collector_id = 'plant-b-c1' "
+                         "AND sequence = 7", bytes(flipped))
+
+    result = run_stackline("verify", "--ledger", str(ledger_path))
+    assert result.returncode == 1
+    assert "plant-b-c1 block 7: bad_signature" in result.stdout
+    report = json.loads(run_stackline("verify", "--ledger", str(ledger_path), "--json").stdout)
+    assert report["bad_signatures"] == 1
+    assert {(f["collector_id"], f["sequence"], f["problem"]) for f in report["findings"]} >= {
+        ("plant-b-c1", 7, "bad_signature")}
+    # the other collector's chain is untouched and reported clean
+    assert report["per_collector"]["plant-a-c1"]["bad_signatures"] == 0
+    # --collector narrows the check to one chain
+    only_a = run_stackline("verify", "--ledger", str(ledger_path), "--collector", "plant-a-c1")
+    assert only_a.returncode == 0
+
+
+def test_a_removed_block_is_a_gap(ledger_path: Path) -> None:
+    _tamper(ledger_path, "DELETE FROM blocks WHERE collector_id = 'plant-a-c1' AND sequence = 5")
+    result = run_stackline("verify", "--ledger", str(ledger_path), "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["gaps"] == 1 and report["missing_blocks"] == 1
+    assert ("plant-a-c1", 6, "gap") in {(f["collector_id"], f["sequence"], f["problem"])
+                                        for f in report["findings"]}
+
+
+def test_a_swapped_block_breaks_the_links(ledger_path: Path) -> None:
+    with sqlite3.connect(ledger_path) as db:
+        rows = dict(db.execute("SELECT sequence, payload FROM blocks WHERE collector_id = "
+                               "'plant-a-c1' AND sequence IN (3, 4)").fetchall())
+    # swap the bytes and signatures of blocks 3 and 4: each still verifies on its own
+    with sqlite3.connect(ledger_path) as db:
+        sigs = dict(db.execute("SELECT sequence, signature FROM blocks WHERE collector_id = "
+                               "'plant-a-c1' AND sequence IN (3, 4)").fetchall())
+    _tamper(ledger_path, "UPDATE blocks SET payload = ?, signature = ? WHERE collector_id = "
+                         "'plant-a-c1' AND sequence = 3", rows[4], sigs[4])
+    with sqlite3.connect(ledger_path) as db:
+        db.execute("UPDATE blocks SET payload = ?, signature = ? WHERE collector_id = "
+                   "'plant-a-c1' AND sequence = 4", (rows[3], sigs[3]))
+    result = run_stackline("verify", "--ledger", str(ledger_path), "--json")
+    assert result.returncode == 1
+    problems = {(f["sequence"], f["problem"]) for f in json.loads(result.stdout)["findings"]}
+    assert (3, "mislabelled") in problems and (4, "mislabelled") in problems
+
+
+def test_missing_ledger_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_stackline("verify", "--ledger", str(tmp_path / "nope.sqlite"))
+    assert result.returncode == 2
+    assert "no ledger at" in result.stderr
