@@ -293,12 +293,15 @@ def _validate(model: type[_M], data: Any, source: Path) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelt key also makes the real one "missing"; name the misspelling, which is
+        # what the engineer has to fix.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         field = _field_path(first["loc"])
         message = first["msg"]
         if first["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and where it sits)"
-        more = len(exc.errors()) - 1
+        more = len(errors) - 1
         if more:
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise ConfigError(str(source), field, message) from exc

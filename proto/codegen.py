@@ -29,8 +29,18 @@ def generate(out_dir: Path) -> None:
     from grpc_tools import protoc  # noqa: PLC0415 - a development dependency, needed only here
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The mypy-protobuf plugins live beside this interpreter; name them so that running
+    # `.venv/bin/python -m proto.codegen` (as `make codegen-check` does) works without an
+    # activated virtual environment on PATH.
+    bin_dir = Path(sys.executable).parent
+    plugins = [
+        f"--plugin=protoc-gen-{name}={bin_dir / f'protoc-gen-{name}'}"
+        for name in ("mypy", "mypy_grpc")
+        if (bin_dir / f"protoc-gen-{name}").is_file()
+    ]
     args = [
         "protoc",
+        *plugins,
         f"-I{ROOT}",
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",

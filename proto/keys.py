@@ -41,6 +41,7 @@ def generate_key_files(private_path: Path, *, overwrite: bool = False) -> tuple[
     private_path.parent.mkdir(parents=True, exist_ok=True)
     seed = base64.b64encode(bytes(signing_key)).decode()
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # open's mode applies only to a new file; an overwritten one keeps its own
     with os.fdopen(fd, "w") as handle:
         handle.write(f"{PRIVATE_TAG} {seed}\n")
     public_path.write_text(public_key_line(public_key))

@@ -129,6 +129,10 @@ class Ledger(Protocol):
         """Quarantined entries by reason."""
         ...
 
+    async def quarantine_entries(self) -> list[QuarantineEntry]:
+        """Every quarantined entry, oldest first."""
+        ...
+
     def iter_blocks(self, collector_id: str | None = None) -> AsyncIterator[StoredRow]:
         """Every stored block, by collector and sequence."""
         ...

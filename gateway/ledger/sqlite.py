@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -28,18 +29,24 @@ from proto.chain import ChainHead, Placement, StoredBlock, place_block
 __all__ = ["SCHEMA_VERSION", "SqliteLedger"]
 
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 5.0
 PAGE_ROWS = 2000
 _T = TypeVar("_T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)
+""",
+    """
 CREATE TABLE IF NOT EXISTS collectors (
     collector_id TEXT NOT NULL,
     key_id TEXT NOT NULL,
     public_key BLOB NOT NULL,
     enrolled_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (collector_id, key_id)
-);
+)
+""",
+    """
 CREATE TABLE IF NOT EXISTS blocks (
     entry_index INTEGER PRIMARY KEY AUTOINCREMENT,
     collector_id TEXT NOT NULL,
@@ -56,14 +63,18 @@ CREATE TABLE IF NOT EXISTS blocks (
     transport TEXT NOT NULL,
     received_unix_ms INTEGER NOT NULL,
     UNIQUE (collector_id, sequence)
-);
+)
+""",
+    """
 CREATE TABLE IF NOT EXISTS chain_heads (
     collector_id TEXT PRIMARY KEY,
     sequence INTEGER NOT NULL,
     hash BLOB NOT NULL,
     readings INTEGER NOT NULL,
     latest_window_start_unix_ms INTEGER NOT NULL
-);
+)
+""",
+    """
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     received_unix_ms INTEGER NOT NULL,
@@ -75,12 +86,17 @@ CREATE TABLE IF NOT EXISTS quarantine (
     detail TEXT NOT NULL,
     raw BLOB NOT NULL,
     alarm INTEGER NOT NULL
-);
+)
+""",
+    """
 CREATE TRIGGER IF NOT EXISTS blocks_no_update BEFORE UPDATE ON blocks
-BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END
+""",
+    """
 CREATE TRIGGER IF NOT EXISTS blocks_no_delete BEFORE DELETE ON blocks
-BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
-"""
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END
+""",
+)
 
 
 class SqliteLedger:
@@ -123,13 +139,24 @@ class SqliteLedger:
             return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
                                    check_same_thread=False)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=BUSY_TIMEOUT_S)
+        # Switching to WAL takes an exclusive lock and SQLite may refuse it at once, without the
+        # busy handler, while another process opens the same file: retry for a bounded time.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
         with db:
             db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                db.execute(statement)
             row = db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
