@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
+from gateway.errors import LedgerError
 from gateway.ingest import IngestCore, Refusal
 from proto.chain import ChainHead
 from proto.stackline.v1 import stackline_pb2 as pb
@@ -151,6 +152,11 @@ class GrpcIngestServer:
                 outcome = await self.core.ingest(collector_id=collector_id, envelopes=blocks,
                                                  transport=TRANSPORT, peer=peer)
                 yield _ack(collector_id, outcome.head, outcome.refusals)
+        except LedgerError as exc:
+            # Nothing of this batch was acknowledged; the collector keeps it and retries.
+            log.exception("ledger failure while serving collector %r", collector_id or "?")
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"the gateway's ledger failed ({exc}); retry later")
         finally:
             self.active_streams -= 1
             if collector_id:

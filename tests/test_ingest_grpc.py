@@ -621,3 +621,23 @@ async def test_a_good_collector_is_served_while_another_misbehaves(gateway: Gate
             "batch_too_large", "malformed_message", "unknown_collector", "protocol_violation"}
     finally:
         await reader.close()
+
+
+async def test_a_ledger_failure_ends_the_stream_and_acknowledges_nothing(gateway: Gateway) -> None:
+    plant = Plant("plant-ok")
+    await gateway.enroll(plant)
+    async with grpc.aio.insecure_channel(gateway.target) as channel:
+        session = await connect(channel, plant)
+        await deliver(session, plant, plant.extend(2))
+        # the ledger breaks under the running gateway (a disk or schema failure)
+        import sqlite3  # noqa: PLC0415 - only this test reaches into the file
+        with sqlite3.connect(gateway.ledger_path) as db:
+            db.execute("ALTER TABLE blocks RENAME TO blocks_gone")
+        await session.write(pb.IngestRequest(batch=pb.Batch(blocks=plant.extend(1))))
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await session.read()
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "ledger failed" in str(failure.value.details())
+        # the gateway goes on serving: a new stream is answered, with the head still at 2
+        again = await connect(channel, plant)
+        again.close()

@@ -140,3 +140,26 @@ async def test_a_dead_device_still_yields_flagged_readings(tmp_path: Path, signe
     assert all(r.quality == pb.QUALITY_COMM_LOSS and math.isnan(r.value) for r in dead)
     assert all(r.quality == pb.QUALITY_NORMAL for r in alive)
     assert runtime.stats.device_failures == 1
+
+
+async def test_a_full_buffer_alarms_and_keeps_what_it_holds(
+        tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture) -> None:
+    plant = load_plant(write_plant(tmp_path, grpc_port=1))
+    buffer = MemoryBuffer()
+    runtime = _runtime(plant, buffer, signer)
+    async for _ in _serve(plant, FIXED_T):
+        runtime.record_config_if_changed()
+        assert await runtime.tick(1_795_000_100_000)
+        held = buffer.read_from(1, 10)
+        buffer.max_bytes = buffer.depth().bytes + 1  # no room for one more block
+
+        assert not await runtime.tick(1_795_000_101_000)
+        assert not await runtime.tick(1_795_000_102_000)
+        assert buffer.read_from(1, 10) == held, "nothing buffered is dropped to make room"
+        assert runtime.stats.unbuffered_ticks == 2
+        assert sum("ALARM" in r.message for r in caplog.records) == 1, "one alarm per episode"
+
+        buffer.acknowledge(1)  # the gateway stored the configuration block
+        assert await runtime.tick(1_795_000_103_000)
+        await runtime.source.close()
+    assert [seq for seq, _ in buffer.read_from(1, 10)] == [2, 3]
