@@ -77,6 +77,10 @@ class Buffer(Protocol):
         """Blocks and bytes waiting, and the age of the oldest."""
         ...
 
+    def acknowledged_through(self) -> int:
+        """The highest sequence the gateway has acknowledged (cheap: no scan)."""
+        ...
+
     def close(self) -> None:
         """Release the store."""
         ...
@@ -125,6 +129,10 @@ class MemoryBuffer:
             self._bytes -= len(self._blocks.pop(seq).envelope)
         self._acked = max(self._acked, min(through_sequence, self._state.sequence))
         return len(gone)
+
+    def acknowledged_through(self) -> int:
+        """The highest acknowledged sequence."""
+        return self._acked
 
     def depth(self) -> BufferDepth:
         """What waits."""
@@ -240,6 +248,10 @@ class SqliteBuffer:
         self._acked = through
         self._bytes -= int(freed[1])
         return int(freed[0])
+
+    def acknowledged_through(self) -> int:
+        """The highest acknowledged sequence, as committed."""
+        return self._acked
 
     def depth(self) -> BufferDepth:
         """Blocks and bytes waiting, and when the oldest was made."""

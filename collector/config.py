@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from collector.errors import ConfigError
 
@@ -28,6 +28,8 @@ __all__ = [
     "GrpcUplinkConfig",
     "LoadedDevice",
     "LoadedPlant",
+    "MqttTlsConfig",
+    "MqttUplinkConfig",
     "PlantConfig",
     "PointSpec",
     "RegisterType",
@@ -199,10 +201,62 @@ class GrpcUplinkConfig(_Strict):
     )
 
 
-class UplinkConfig(_Strict):
-    """Where the collector sends its blocks."""
+class MqttTlsConfig(_Strict):
+    """TLS towards the broker: the CA that signed the broker's certificate, and this collector's
+    client certificate and key where the broker asks for one."""
 
-    grpc: GrpcUplinkConfig
+    ca_file: str = Field(min_length=1)
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> MqttTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttUplinkConfig(_Strict):
+    """The MQTT link to the gateway, through a broker."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = Field(default=None, description="the broker login; by convention the collector id")
+    password_file: str | None = Field(default=None, description="file whose first line is the password")
+    tls: MqttTlsConfig | None = None
+    insecure: bool = Field(default=False, description="true to connect without TLS, on purpose")
+    topic_prefix: str = Field(default="stackline/v1", pattern=r"^[^#+$][^#+]*[^/#+]$")
+    client_id: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    max_blocks_per_message: int = Field(default=100, ge=1, le=1000)
+    max_messages_in_flight: int = Field(
+        default=1, ge=1, le=16,
+        description="1 keeps blocks in order when several gateways share the subscription")
+    ack_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    reconnect_initial_s: float = Field(default=0.2, gt=0)
+    reconnect_max_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_or_insecure(self) -> MqttUplinkConfig:
+        if self.tls is None and not self.insecure:
+            raise ValueError("set tls (ca_file, and cert_file/key_file if the broker asks) or "
+                             "insecure: true to send in plaintext on purpose")
+        if self.tls is not None and self.insecure:
+            raise ValueError("tls and insecure: true contradict each other")
+        return self
+
+
+class UplinkConfig(_Strict):
+    """Where the collector sends its blocks: gRPC, MQTT, or both at once."""
+
+    grpc: GrpcUplinkConfig | None = None
+    mqtt: MqttUplinkConfig | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> UplinkConfig:
+        if self.grpc is None and self.mqtt is None:
+            raise ValueError("configure grpc, mqtt, or both")
+        return self
 
 
 class CollectorSection(_Strict):

@@ -18,10 +18,13 @@ from pathlib import Path
 from collector.buffer import Buffer, SealedBlock, SqliteBuffer
 from collector.config import LoadedPlant
 from collector.decode import decode_device
-from collector.errors import BufferFullError
+from collector.errors import BufferFullError, ConfigError
 from collector.modbus_source import DeviceSource, ModbusTcpSource
 from collector.plan import DevicePlan, ReadPlan, compile_plan
+from collector.uplink import Uplink
 from collector.uplink_grpc import GrpcUplink
+from collector.uplink_mqtt import MqttUplink
+from proto.credentials import BrokerCredentials, read_secret
 from proto.keys import load_signing_key
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import BlockDraft, ReadingValue, Signer, block_hash, encode_block
@@ -29,6 +32,8 @@ from proto.wire import BlockDraft, ReadingValue, Signer, block_hash, encode_bloc
 __all__ = ["CollectorRuntime", "TickStats", "build_runtime", "seal"]
 
 log = logging.getLogger(__name__)
+
+UPLINK_RESTART_S = 5.0
 
 
 def seal(buffer: Buffer, signer: Signer, draft: BlockDraft, created_unix_ms: int) -> SealedBlock:
@@ -65,7 +70,7 @@ class CollectorRuntime:
         source: DeviceSource,
         tick_ms: int,
         keep_raw_registers: bool = True,
-        uplinks: list[GrpcUplink] | None = None,
+        uplinks: list[Uplink] | None = None,
         wakeup: asyncio.Event | None = None,
         acked: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
@@ -176,7 +181,7 @@ class CollectorRuntime:
         try:
             async with asyncio.TaskGroup() as group:
                 ticker = group.create_task(self._ticker(), name="ticker")
-                uplinks = [group.create_task(uplink.run(), name=f"uplink-{index}")
+                uplinks = [group.create_task(self._supervise(uplink), name=f"uplink-{index}")
                            for index, uplink in enumerate(self.uplinks)]
                 await stop.wait()
                 ticker.cancel()
@@ -188,12 +193,26 @@ class CollectorRuntime:
             await self.source.close()
             self.buffer.close()
 
+    @staticmethod
+    async def _supervise(uplink: Uplink) -> None:
+        """Run an uplink; if it fails in a way it does not handle itself, log it and start it
+        again: the ticker must go on recording, and the buffer keeps every block meanwhile."""
+        while True:
+            try:
+                await uplink.run()
+            except Exception:
+                log.exception("ALARM: uplink %r failed unexpectedly; restarting it in %.0f s",
+                              uplink, UPLINK_RESTART_S)
+            await asyncio.sleep(UPLINK_RESTART_S)
+
     async def _drain(self, timeout_s: float) -> None:
         head = self.buffer.chain_state().sequence
         try:
             async with asyncio.timeout(timeout_s):
-                while self.buffer.depth().acknowledged_through < head:
+                while self.buffer.acknowledged_through() < head:
                     self.acked.clear()
+                    if self.buffer.acknowledged_through() >= head:
+                        break
                     await self.acked.wait()
         except TimeoutError:
             depth = self.buffer.depth()
@@ -211,10 +230,32 @@ def build_runtime(plant: LoadedPlant) -> CollectorRuntime:
     buffer = SqliteBuffer(path=Path(plant.resolve(section.buffer.path)),
                           max_bytes=section.buffer.max_bytes)
     wakeup, acked = asyncio.Event(), asyncio.Event()
-    uplink = GrpcUplink(config=section.uplink.grpc, collector_id=plan.collector_id,
-                        key_id=signer.key_id, buffer=buffer, wakeup=wakeup, acked=acked)
+    uplinks: list[Uplink] = []
+    if section.uplink.grpc is not None:
+        uplinks.append(GrpcUplink(config=section.uplink.grpc, collector_id=plan.collector_id,
+                                  key_id=signer.key_id, buffer=buffer, wakeup=wakeup, acked=acked))
+    if section.uplink.mqtt is not None:
+        mqtt = section.uplink.mqtt
+        credentials = BrokerCredentials(
+            password=_first_line(plant.resolve(mqtt.password_file)) if mqtt.password_file else None,
+            ca_file=str(plant.resolve(mqtt.tls.ca_file)) if mqtt.tls else None,
+            cert_file=str(plant.resolve(mqtt.tls.cert_file)) if mqtt.tls and mqtt.tls.cert_file
+            else None,
+            key_file=str(plant.resolve(mqtt.tls.key_file)) if mqtt.tls and mqtt.tls.key_file
+            else None,
+        )
+        uplinks.append(MqttUplink(config=mqtt, credentials=credentials,
+                                  collector_id=plan.collector_id, key_id=signer.key_id,
+                                  buffer=buffer, wakeup=wakeup, acked=acked))
     return CollectorRuntime(
         plan=plan, signer=signer, buffer=buffer, source=ModbusTcpSource(),
         tick_ms=section.tick_ms, keep_raw_registers=section.keep_raw_registers,
-        uplinks=[uplink], wakeup=wakeup, acked=acked,
+        uplinks=uplinks, wakeup=wakeup, acked=acked,
     )
+
+
+def _first_line(path: Path) -> str:
+    try:
+        return read_secret(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(path), "", f"cannot read a password from this file: {exc}") from exc

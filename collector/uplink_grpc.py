@@ -10,10 +10,7 @@ capped, jittered backoff and resumes where the gateway says.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import random
-from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
@@ -21,38 +18,18 @@ import grpc.aio
 from collector.buffer import Buffer
 from collector.config import GrpcUplinkConfig
 from collector.errors import UplinkError
+from collector.uplink import UplinkState, UplinkStats
+from proto.backoff import Backoff
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.stackline.v1 import stackline_pb2_grpc as pb_grpc
 
-__all__ = ["GrpcUplink", "UplinkState", "UplinkStats"]
+__all__ = ["GrpcUplink"]
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 SOFTWARE_VERSION = "stackline-collector/0.1.0"
-
-
-class UplinkState(enum.Enum):
-    """Where the uplink stands."""
-
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    BACKOFF = "backoff"
-    STOPPED = "stopped"
-
-
-@dataclass(slots=True)
-class UplinkStats:
-    """Counters a status line or a metrics endpoint reads."""
-
-    sessions: int = 0
-    batches_sent: int = 0
-    blocks_sent: int = 0
-    acknowledged_through: int = 0
-    rejections: int = 0
-    last_error: str = ""
-    rejection_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class GrpcUplink:
@@ -76,7 +53,8 @@ class GrpcUplink:
         self.acked = acked or asyncio.Event()
         self.state = UplinkState.CONNECTING
         self.stats = UplinkStats()
-        self._backoff_s = config.reconnect_initial_s
+        self._backoff = Backoff(initial_s=config.reconnect_initial_s,
+                                max_s=config.reconnect_max_s)
 
     def __repr__(self) -> str:
         return f"GrpcUplink(target={self.config.target!r}, state={self.state.value})"
@@ -93,9 +71,7 @@ class GrpcUplink:
                 except grpc.aio.AioRpcError as exc:
                     self._failed(f"gRPC {exc.code().name}: {exc.details()}")
                 self.state = UplinkState.BACKOFF
-                delay = self._backoff_s * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
-                self._backoff_s = min(self._backoff_s * 2, self.config.reconnect_max_s)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._backoff.next_delay())
         finally:
             self.state = UplinkState.STOPPED
 
@@ -127,7 +103,7 @@ class GrpcUplink:
             resume_from = self._on_resume(ack)
             self.stats.sessions += 1
             self.state = UplinkState.STREAMING
-            self._backoff_s = self.config.reconnect_initial_s
+            self._backoff.reset()
             log.info("uplink to %s streaming from sequence %d", self.config.target, resume_from)
             in_flight = asyncio.Semaphore(self.config.max_batches_in_flight)
             try:

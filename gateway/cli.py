@@ -31,7 +31,8 @@ def add_commands(commands: Any) -> None:
     enroll.set_defaults(handler=_enroll)
 
     verify = commands.add_parser("verify", help="re-check every stored block's signature and link")
-    verify.add_argument("--ledger", required=True, help="ledger file (SQLite)")
+    verify.add_argument("--ledger", required=True,
+                        help="SQLite ledger file, or postgresql://user@host:port/database")
     verify.add_argument("--collector", help="only this collector id")
     verify.add_argument("--json", action="store_true", help="print a JSON object")
     verify.set_defaults(handler=_verify)
@@ -78,14 +79,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _enroll(args: argparse.Namespace) -> int:
     from gateway.config import load_gateway_config  # noqa: PLC0415
-    from gateway.ledger import SqliteLedger  # noqa: PLC0415
+    from gateway.ledger import open_ledger  # noqa: PLC0415
     from gateway.runtime import enroll_collector  # noqa: PLC0415
     from proto.keys import load_public_key  # noqa: PLC0415
 
     async def main() -> str:
         config = load_gateway_config(args.config)
         public_key = load_public_key(args.public_key)
-        ledger = SqliteLedger(path=config.ledger_path())
+        ledger = open_ledger(config.ledger_location(),
+                             quarantine_max_rows=config.config.ledger.quarantine_max_rows)
         try:
             return await enroll_collector(ledger, collector_id=args.collector_id,
                                           public_key=public_key)

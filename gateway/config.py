@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import ConfigError
 
-__all__ = ["GatewayConfig", "LoadedGatewayConfig", "load_gateway_config"]
+__all__ = [
+    "GatewayConfig", "LoadedGatewayConfig", "MqttSection", "MqttTlsSection", "load_gateway_config",
+]
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
@@ -28,16 +30,73 @@ class GatewaySection(_Strict):
 class ListenSection(_Strict):
     """Where the gateway listens."""
 
-    grpc: str = Field(default="127.0.0.1:50051", pattern=r"^.+:\d{1,5}$",
-                      description="host:port for the ingest stream (port 0 picks a free one)")
+    grpc: str | None = Field(default="127.0.0.1:50051", pattern=r"^.+:\d{1,5}$",
+                             description="host:port for the ingest stream (port 0 picks a free "
+                             "one); null for no gRPC")
+
+
+class MqttTlsSection(_Strict):
+    """TLS towards the broker."""
+
+    ca_file: str = Field(min_length=1)
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> MqttTlsSection:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttSection(_Strict):
+    """Ingest from an MQTT broker through a shared subscription."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password_file: str | None = Field(default=None, description="file whose first line is the password")
+    tls: MqttTlsSection | None = None
+    insecure: bool = Field(default=False, description="true to connect without TLS, on purpose")
+    topic_prefix: str = Field(default="stackline/v1", pattern=r"^[^#+$][^#+]*[^/#+]$")
+    share_group: str = Field(default="stackline", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    max_queued_per_collector: int = Field(default=64, ge=1, le=10_000)
+    reconnect_initial_s: float = Field(default=0.2, gt=0)
+    reconnect_max_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_or_insecure(self) -> MqttSection:
+        if self.tls is None and not self.insecure:
+            raise ValueError("set tls (ca_file, and cert_file/key_file if the broker asks) or "
+                             "insecure: true to connect in plaintext on purpose")
+        if self.tls is not None and self.insecure:
+            raise ValueError("tls and insecure: true contradict each other")
+        return self
+
+
+DEFAULT_LEDGER_PATH = "ledger.sqlite"
 
 
 class LedgerSection(_Strict):
-    """Where the ledger lives."""
+    """Where the ledger lives: a SQLite file (`path`, the default) or PostgreSQL (`url`)."""
 
-    path: str = Field(default="ledger.sqlite", min_length=1,
-                      description="SQLite file, relative to this configuration file")
+    path: str | None = Field(default=None, min_length=1,
+                             description="SQLite file, relative to this configuration file "
+                             f"({DEFAULT_LEDGER_PATH} when neither path nor url is set)")
+    url: str | None = Field(default=None, min_length=1,
+                            description="postgresql://user@host:port/database; several gateways "
+                            "may share it (keep the password in ~/.pgpass or PGPASSWORD)")
     quarantine_max_rows: int = Field(default=100_000, ge=100)
+
+    @model_validator(mode="after")
+    def _path_or_url(self) -> LedgerSection:
+        if self.path is not None and self.url is not None:
+            raise ValueError("set either path (a SQLite file) or url (PostgreSQL), not both")
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("url must be a postgresql://user@host:port/database URL "
+                             "(a SQLite file goes in path)")
+        return self
 
 
 class LimitsSection(_Strict):
@@ -52,8 +111,15 @@ class GatewayConfig(_Strict):
 
     gateway: GatewaySection
     listen: ListenSection = ListenSection()
+    mqtt: MqttSection | None = None
     ledger: LedgerSection = LedgerSection()
     limits: LimitsSection = LimitsSection()
+
+    @model_validator(mode="after")
+    def _some_transport(self) -> GatewayConfig:
+        if self.listen.grpc is None and self.mqtt is None:
+            raise ValueError("nothing to ingest from: set listen.grpc, mqtt, or both")
+        return self
 
 
 class LoadedGatewayConfig(BaseModel):
@@ -64,10 +130,24 @@ class LoadedGatewayConfig(BaseModel):
     source: Path
     config: GatewayConfig
 
-    def ledger_path(self) -> Path:
-        """The ledger file, resolved against the configuration file's folder."""
-        path = Path(self.config.ledger.path)
+    def resolve(self, relative: str) -> Path:
+        """A path from the configuration, relative to the configuration file's folder."""
+        path = Path(relative)
         return path if path.is_absolute() else (self.source.parent / path).resolve()
+
+    def ledger_path(self) -> Path:
+        """The SQLite ledger file, resolved against the configuration file's folder."""
+        if self.config.ledger.url is not None:
+            raise ConfigError(str(self.source), "ledger.url",
+                              "this gateway's ledger is a PostgreSQL database, not a file")
+        path = Path(self.config.ledger.path or DEFAULT_LEDGER_PATH)
+        return path if path.is_absolute() else (self.source.parent / path).resolve()
+
+    def ledger_location(self) -> str:
+        """What `gateway.ledger.open_ledger` takes: the PostgreSQL URL, or the SQLite file."""
+        if self.config.ledger.url is not None:
+            return self.config.ledger.url
+        return str(self.ledger_path())
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -1,15 +1,20 @@
-"""The gateway process: ledger, ingest core and the gRPC server under one TaskGroup."""
+"""The gateway process: the ledger, the ingest core, and the transports that feed it (the gRPC
+server, the MQTT shared subscription, or both)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
 from gateway.config import LoadedGatewayConfig
-from gateway.errors import EnrolmentError
+from gateway.errors import ConfigError, EnrolmentError
 from gateway.grpc_server import GrpcIngestServer
 from gateway.ingest import IngestCore
-from gateway.ledger import CollectorKey, Ledger, SqliteLedger
+from gateway.ledger import CollectorKey, Ledger, open_ledger
+from gateway.mqtt_ingest import MqttIngest
+from proto.credentials import BrokerCredentials, read_secret
 from proto.errors import UnacceptableKeyError
 from proto.wire import check_public_key, key_id_of
 
@@ -24,38 +29,85 @@ class GatewayRuntime:
     def __init__(self, *, config: LoadedGatewayConfig) -> None:
         self.config = config
         section = config.config
-        self.ledger = SqliteLedger(path=config.ledger_path(),
-                                   quarantine_max_rows=section.ledger.quarantine_max_rows)
+        self.ledger = open_ledger(config.ledger_location(),
+                                  quarantine_max_rows=section.ledger.quarantine_max_rows)
         self.core = IngestCore(ledger=self.ledger)
-        self.grpc = GrpcIngestServer(
-            core=self.core, address=section.listen.grpc,
-            max_message_bytes=section.limits.max_message_bytes,
-            max_blocks_per_batch=section.limits.max_blocks_per_batch,
-        )
+        self.grpc: GrpcIngestServer | None = None
+        if section.listen.grpc is not None:
+            self.grpc = GrpcIngestServer(
+                core=self.core, address=section.listen.grpc,
+                max_message_bytes=section.limits.max_message_bytes,
+                max_blocks_per_batch=section.limits.max_blocks_per_batch,
+            )
+        self.mqtt: MqttIngest | None = None
+        if section.mqtt is not None:
+            mqtt = section.mqtt
+            self.mqtt = MqttIngest(
+                core=self.core, config=mqtt, gateway_id=section.gateway.id,
+                max_blocks_per_batch=section.limits.max_blocks_per_batch,
+                credentials=BrokerCredentials(
+                    password=_secret(config, mqtt.password_file),
+                    ca_file=_path(config, mqtt.tls.ca_file if mqtt.tls else None),
+                    cert_file=_path(config, mqtt.tls.cert_file if mqtt.tls else None),
+                    key_file=_path(config, mqtt.tls.key_file if mqtt.tls else None),
+                ),
+            )
+        self._mqtt_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"GatewayRuntime(id={self.config.config.gateway.id!r}, grpc={self.grpc!r})"
+        return (f"GatewayRuntime(id={self.config.config.gateway.id!r}, grpc={self.grpc!r}, "
+                f"mqtt={self.mqtt!r})")
 
     async def start(self) -> int:
-        """Open the ledger and start listening; return the gRPC port."""
+        """Open the ledger and start every transport; return the gRPC port (0 without gRPC)."""
         await self.ledger.open()
         keys = await self.ledger.collector_keys()
-        log.info("gateway %s: ledger %s, %d enrolled collector(s)",
-                 self.config.config.gateway.id, self.ledger.path, len(keys))
-        return await self.grpc.start()
+        log.info("gateway %s: ledger %r, %d enrolled collector(s)",
+                 self.config.config.gateway.id, self.ledger, len(keys))
+        port = await self.grpc.start() if self.grpc is not None else 0
+        if self.mqtt is not None:
+            self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt-ingest")
+            self._mqtt_task.add_done_callback(_report_crash)
+        return port
 
     async def run(self) -> None:
         """Serve until cancelled, then stop cleanly."""
         await self.start()
         try:
-            await self.grpc.wait()
+            await asyncio.Event().wait()
         finally:
             await self.stop()
 
     async def stop(self) -> None:
-        """Stop the server and close the ledger."""
-        await self.grpc.stop()
+        """Stop the transports and close the ledger."""
+        if self._mqtt_task is not None:
+            self._mqtt_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._mqtt_task
+            self._mqtt_task = None
+        if self.grpc is not None:
+            await self.grpc.stop()
         await self.ledger.close()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the %s task stopped: %r", task.get_name(), task.exception())
+
+
+def _path(config: LoadedGatewayConfig, relative: str | None) -> str | None:
+    return None if relative is None else str(config.resolve(relative))
+
+
+def _secret(config: LoadedGatewayConfig, relative: str | None) -> str | None:
+    if relative is None:
+        return None
+    path = config.resolve(relative)
+    try:
+        return read_secret(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(config.source), "mqtt.password_file",
+                          f"cannot read a password from {path}: {exc}") from exc
 
 
 async def enroll_collector(ledger: Ledger, *, collector_id: str, public_key: bytes) -> str:

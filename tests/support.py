@@ -15,19 +15,28 @@ from proto.keys import generate_key_files
 from tests.conftest import DEMO_PLANT, free_port
 
 
-def write_plant(directory: Path, *, grpc_port: int, tick_ms: int = 1000,
-                dead_device: bool = False) -> Path:
+def write_plant(directory: Path, *, grpc_port: int | None, tick_ms: int = 1000,
+                dead_device: bool = False, mqtt: dict[str, Any] | None = None,
+                collector_id: str | None = None, modbus_ports: dict[int, int] | None = None) -> Path:
     """The demo plant with free Modbus ports, a key and a buffer inside `directory`.
 
-    With `dead_device`, one more device points at a port where nothing listens.
+    `grpc_port` None leaves out the gRPC uplink; `mqtt` adds an MQTT uplink section as given.
+    With `dead_device`, one more device points at a port where nothing listens. Plants given the
+    same `modbus_ports` mapping read the same simulated devices.
     """
     plant: dict[str, Any] = yaml.safe_load(DEMO_PLANT.read_text())
+    if collector_id is not None:
+        plant["collector"]["id"] = collector_id
     plant["collector"]["key_file"] = "collector.key"
     plant["collector"]["tick_ms"] = tick_ms
     plant["collector"]["buffer"]["path"] = "buffer.sqlite"
-    plant["collector"]["uplink"]["grpc"]["target"] = f"127.0.0.1:{grpc_port}"
-    plant["collector"]["uplink"]["grpc"]["reconnect_max_s"] = 1.0
-    ports: dict[int, int] = {}
+    uplink: dict[str, Any] = {}
+    if grpc_port is not None:
+        uplink["grpc"] = {"target": f"127.0.0.1:{grpc_port}", "reconnect_max_s": 1.0}
+    if mqtt is not None:
+        uplink["mqtt"] = mqtt
+    plant["collector"]["uplink"] = uplink
+    ports: dict[int, int] = {} if modbus_ports is None else modbus_ports
     for device in plant["devices"]:
         device["profile"] = str((DEMO_PLANT.parent / device["profile"]).resolve())
         ports.setdefault(device["tcp"]["port"], free_port())

@@ -60,7 +60,9 @@ class Gateway:
 
     @property
     def ledger(self) -> SqliteLedger:
-        return self.runtime.ledger
+        ledger = self.runtime.ledger
+        assert isinstance(ledger, SqliteLedger)  # the fixture configures ledger.path
+        return ledger
 
     async def enroll(self, plant: Plant) -> None:
         key_id = await enroll_collector(self.ledger, collector_id=plant.collector_id,

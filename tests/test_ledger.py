@@ -8,14 +8,17 @@ a fresh Ed25519 key, encoded by `proto.wire` and passed through `gateway.ingest.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Protocol
 
+import asyncpg
 import nacl.signing
 import pytest
 
+import gateway.ledger.postgres
 import gateway.ledger.sqlite
 from gateway.errors import EnrolmentError, LedgerError
 from gateway.ingest import verify_envelope
@@ -24,6 +27,7 @@ from gateway.ledger import (
     CollectorKey,
     Ledger,
     LedgerSummary,
+    PostgresLedger,
     QuarantineEntry,
     SqliteLedger,
     StoredRow,
@@ -32,6 +36,7 @@ from gateway.ledger import (
 from proto.chain import ChainHead, Placement
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import GENESIS_HASH, BlockDraft, ReadingValue, Signer, Verifier, encode_block
+from tests.conftest import PostgresServer, pg_execute, run_async, with_database
 
 BASE_MS = 1_700_000_000_000
 WINDOW_MS = 60_000
@@ -112,7 +117,36 @@ class SqliteBackend:
         return sqlite3.DatabaseError
 
 
-BACKENDS = ["sqlite"]  # add "postgresql" here with a backend class started on a free port
+class PostgresBackend:
+    """PostgreSQL ledger in a fresh schema of the session's throwaway database (see conftest)."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str, server: PostgresServer) -> None:
+        self.url = url
+        self.server = server
+        self.missing_database = f"{server.database}_absent_{secrets.token_hex(3)}"
+
+    def open(self, *, read_only: bool = False,
+             quarantine_max_rows: int = 100_000) -> PostgresLedger:
+        return PostgresLedger(url=self.url, read_only=read_only,
+                              quarantine_max_rows=quarantine_max_rows, pool_max_size=4)
+
+    def open_missing(self) -> PostgresLedger:
+        return PostgresLedger(url=with_database(self.server.admin_url, self.missing_database),
+                              read_only=True)
+
+    def missing_was_created(self) -> bool:
+        return self.server.database_exists(self.missing_database)
+
+    def execute_raw(self, statement: str) -> None:
+        run_async(pg_execute(self.url, statement))
+
+    def raw_error(self) -> type[Exception]:
+        return asyncpg.PostgresError  # type: ignore[no-any-return]
+
+
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -120,6 +154,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     """One ledger backend on a fresh store."""
     if request.param == "sqlite":
         yield SqliteBackend(tmp_path)
+    elif request.param == "postgresql":
+        yield PostgresBackend(request.getfixturevalue("postgres_url"),
+                              request.getfixturevalue("postgres"))
     else:  # pragma: no cover - a new entry in BACKENDS without a class here
         pytest.fail(f"no test backend for {request.param}")
 
@@ -474,7 +511,7 @@ async def test_a_first_block_that_does_not_start_from_genesis_is_a_broken_link(
 
 
 @pytest.mark.parametrize("statement", [
-    "UPDATE blocks SET payload = x'00' WHERE sequence = 1",
+    "UPDATE blocks SET payload = signature WHERE sequence = 1",
     "UPDATE blocks SET sequence = 9 WHERE sequence = 2",
     "DELETE FROM blocks WHERE sequence = 2",
     "DELETE FROM blocks",
@@ -659,5 +696,35 @@ async def test_sqlite_file_that_is_not_a_ledger_raises_ledger_error(tmp_path: Pa
     try:
         with pytest.raises(LedgerError, match=r"ledger\.sqlite: file is not a database"):
             await ledger.head("plant-a")
+    finally:
+        await ledger.close()
+
+
+# --- PostgreSQL specifics -------------------------------------------------------------------------------
+
+
+async def test_postgres_iter_blocks_reads_page_by_page(postgres_url: str,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       plant_a: Collector, plant_b: Collector) -> None:
+    monkeypatch.setattr(gateway.ledger.postgres, "PAGE_ROWS", 2)
+    ledger = PostgresLedger(url=postgres_url)
+    try:
+        a_blocks, b_blocks = plant_a.chain(5), plant_b.chain(3)
+        await append(ledger, b_blocks)
+        await append(ledger, a_blocks)
+
+        assert positions(await stored(ledger)) == expected(a_blocks + b_blocks)
+        assert positions(await stored(ledger, "plant-a")) == expected(a_blocks)
+    finally:
+        await ledger.close()
+
+
+async def test_postgres_blocks_cannot_be_truncated(postgres_url: str, plant_a: Collector) -> None:
+    ledger = PostgresLedger(url=postgres_url)
+    try:
+        await append(ledger, plant_a.chain(2))
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await pg_execute(postgres_url, "TRUNCATE blocks")
+        assert len(await stored(ledger)) == 2
     finally:
         await ledger.close()

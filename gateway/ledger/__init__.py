@@ -13,6 +13,7 @@ from gateway.ledger.base import (
     StoredRow,
     VerifiedBlock,
 )
+from gateway.ledger.postgres import PostgresLedger
 from gateway.ledger.sqlite import SqliteLedger
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "CollectorKey",
     "Ledger",
     "LedgerSummary",
+    "PostgresLedger",
     "QuarantineEntry",
     "SqliteLedger",
     "StoredRow",
@@ -29,8 +31,12 @@ __all__ = [
 
 
 def open_ledger(location: str, *, read_only: bool = False,
-                quarantine_max_rows: int = 100_000) -> SqliteLedger:
-    """A ledger from a location: a SQLite file path (or `sqlite:///path`)."""
+                quarantine_max_rows: int = 100_000) -> SqliteLedger | PostgresLedger:
+    """A ledger from a location: `postgresql://...` (or `postgres://...`) for PostgreSQL, a SQLite
+    file path or `sqlite:///path` otherwise. Nothing is opened until the first use or `open()`."""
+    if location.startswith(("postgresql://", "postgres://")):
+        return PostgresLedger(url=location, read_only=read_only,
+                              quarantine_max_rows=quarantine_max_rows)
     path = location.removeprefix("sqlite://") if location.startswith("sqlite://") else location
     return SqliteLedger(path=Path(path), read_only=read_only,
                         quarantine_max_rows=quarantine_max_rows)

@@ -24,7 +24,8 @@ from gateway.ledger.base import (
     StoredRow,
     VerifiedBlock,
 )
-from proto.chain import ChainHead, Placement, StoredBlock, place_block
+from gateway.ledger.placement import plan_append
+from proto.chain import ChainHead, StoredBlock
 
 __all__ = ["SCHEMA_VERSION", "SqliteLedger"]
 
@@ -218,63 +219,37 @@ class SqliteLedger:
     ) -> AppendResult:
         """Place and store blocks in one synced transaction."""
         def work(db: sqlite3.Connection) -> AppendResult:
+            def stored_at(sequence: int) -> StoredBlock | None:
+                found = db.execute(
+                    "SELECT hash, previous_hash FROM blocks WHERE collector_id = ? AND sequence = ?",
+                    (collector_id, sequence)).fetchone()
+                return None if found is None else StoredBlock(bytes(found[0]), bytes(found[1]))
+
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                head = self._read_head(db, collector_id)
-                placements: list[Placement] = []
-                quarantined: list[QuarantineEntry] = []
-                rows = []
-                # blocks placed earlier in this batch are not in the table until the insert below
-                pending: dict[int, StoredBlock] = {}
-                readings = 0
-                latest_start = 0
-                for block in blocks:
-                    stored = pending.get(block.sequence)
-                    if stored is None and block.sequence <= head.sequence:
-                        found = db.execute(
-                            "SELECT hash, previous_hash FROM blocks "
-                            "WHERE collector_id = ? AND sequence = ?",
-                            (collector_id, block.sequence)).fetchone()
-                        if found is None:
-                            raise LedgerError(
-                                f"chain head of {collector_id} is {head.sequence} but block "
-                                f"{block.sequence} is missing: the ledger is damaged")
-                        stored = StoredBlock(bytes(found[0]), bytes(found[1]))
-                    placement = place_block(head=head, sequence=block.sequence,
-                                            block_hash=block.hash,
-                                            previous_hash=block.previous_hash,
-                                            stored_at_sequence=stored)
-                    placements.append(placement)
-                    if placement is Placement.NEXT:
-                        rows.append((collector_id, block.sequence, block.hash, block.previous_hash,
-                                     block.payload, block.signature, block.key_id,
-                                     block.window_start_unix_ms, block.window_end_unix_ms,
-                                     block.reading_count, block.kind, transport, received_unix_ms))
-                        pending[block.sequence] = StoredBlock(block.hash, block.previous_hash)
-                        readings += block.reading_count
-                        latest_start = max(latest_start, block.window_start_unix_ms)
-                        head = ChainHead(block.sequence, block.hash)
-                    elif placement is not Placement.DUPLICATE:
-                        quarantined.append(_refusal(
-                            block, placement, head, stored=stored, transport=transport,
-                            peer=peer, received_unix_ms=received_unix_ms))
-                        break
-                if rows:
+                plan = plan_append(collector_id=collector_id, blocks=blocks,
+                                   head=self._read_head(db, collector_id), stored_at=stored_at,
+                                   transport=transport, peer=peer,
+                                   received_unix_ms=received_unix_ms)
+                if plan.new_blocks:
                     db.executemany(
                         "INSERT INTO blocks (collector_id, sequence, hash, previous_hash, payload, "
                         "signature, key_id, window_start_unix_ms, window_end_unix_ms, "
                         "reading_count, kind, transport, received_unix_ms) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(collector_id, b.sequence, b.hash, b.previous_hash, b.payload, b.signature,
+                          b.key_id, b.window_start_unix_ms, b.window_end_unix_ms, b.reading_count,
+                          b.kind, transport, received_unix_ms) for b in plan.new_blocks])
                     db.execute(
                         "INSERT INTO chain_heads VALUES (?, ?, ?, ?, ?) "
                         "ON CONFLICT (collector_id) DO UPDATE SET sequence = excluded.sequence, "
                         "hash = excluded.hash, readings = readings + excluded.readings, "
                         "latest_window_start_unix_ms = MAX(latest_window_start_unix_ms, "
                         "excluded.latest_window_start_unix_ms)",
-                        (collector_id, head.sequence, head.hash, readings, latest_start))
-                kept = self._insert_quarantine(db, quarantined)
-            refused = quarantined[0] if quarantined else None
-            return AppendResult(head, tuple(placements), refused, kept == 1)
+                        (collector_id, plan.head.sequence, plan.head.hash, plan.readings,
+                         plan.latest_window_start_unix_ms))
+                kept = self._insert_quarantine(db, [plan.refused] if plan.refused else [])
+            return AppendResult(plan.head, plan.placements, plan.refused, kept == 1)
         return await self._run(work)
 
     # --- quarantine ------------------------------------------------------------------------
@@ -363,24 +338,3 @@ class SqliteLedger:
             self._db = None
         self._executor.shutdown(wait=True)
 
-
-def _refusal(block: VerifiedBlock, placement: Placement, head: ChainHead, *,
-             stored: StoredBlock | None, transport: str, peer: str,
-             received_unix_ms: int) -> QuarantineEntry:
-    if placement is Placement.FORK:
-        assert stored is not None
-        detail = (f"sequence {block.sequence} is stored with hash {stored.hash.hex()[:16]}; this "
-                  f"block has the same parent but hash {block.hash.hex()[:16]}: two histories "
-                  "signed by one key")
-    elif placement is Placement.REPLAYED_SEQUENCE:
-        detail = (f"sequence {block.sequence} is already used (chain head {head.sequence}) by a "
-                  "different block, and this one does not extend the stored chain")
-    elif placement is Placement.BROKEN_LINK:
-        detail = (f"previous_hash {block.previous_hash.hex()[:16]} does not match the hash of "
-                  f"stored block {head.sequence} ({head.hash.hex()[:16]})")
-    else:
-        detail = (f"expected sequence {head.sequence + 1}, got {block.sequence}: blocks in between "
-                  "have not arrived")
-    alarm = placement in (Placement.FORK, Placement.REPLAYED_SEQUENCE, Placement.BROKEN_LINK)
-    return QuarantineEntry(received_unix_ms, transport, peer, block.collector_id, block.sequence,
-                           placement.value, detail, block.envelope, alarm)
