@@ -26,6 +26,7 @@ __all__ = [
     "DeviceConfig",
     "DeviceProfile",
     "GrpcUplinkConfig",
+    "HttpConfig",
     "LoadedDevice",
     "LoadedPlant",
     "MqttTlsConfig",
@@ -259,6 +260,13 @@ class UplinkConfig(_Strict):
         return self
 
 
+class HttpConfig(_Strict):
+    """The read-only HTTP endpoint: /metrics (Prometheus) and /healthz."""
+
+    listen: str = Field(default="127.0.0.1:9101", pattern=r"^.*:\d{1,5}$",
+                        description="host:port (port 0 picks a free one)")
+
+
 class CollectorSection(_Strict):
     """The collector process itself."""
 
@@ -268,6 +276,9 @@ class CollectorSection(_Strict):
     keep_raw_registers: bool = True
     buffer: BufferConfig = BufferConfig()
     uplink: UplinkConfig
+    status_interval_s: float = Field(default=5.0, ge=0.5, le=3600,
+                                     description="how often the uplinks report health")
+    http: HttpConfig | None = None
 
 
 class PlantSection(_Strict):

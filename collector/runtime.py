@@ -9,31 +9,43 @@ is recorded as a signed configuration block before the first readings.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from collector.buffer import Buffer, SealedBlock, SqliteBuffer
 from collector.config import LoadedPlant
 from collector.decode import decode_device
-from collector.errors import BufferFullError, ConfigError
+from collector.errors import (
+    BufferFullError,
+    ConfigError,
+    DeviceConnectionLost,
+    DeviceError,
+    DeviceException,
+    DeviceTimeout,
+)
+from collector.metrics import CONTENT_TYPE
+from collector.metrics import render as render_metrics
 from collector.modbus_source import DeviceSource, ModbusTcpSource
 from collector.plan import DevicePlan, ReadPlan, compile_plan
 from collector.uplink import Uplink
 from collector.uplink_grpc import GrpcUplink
 from collector.uplink_mqtt import MqttUplink
 from proto.credentials import BrokerCredentials, read_secret
+from proto.http_endpoint import HttpEndpoint, Response
 from proto.keys import load_signing_key
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import BlockDraft, ReadingValue, Signer, block_hash, encode_block
 
-__all__ = ["CollectorRuntime", "TickStats", "build_runtime", "seal"]
+__all__ = ["CollectorRuntime", "DeviceHealth", "TickStats", "build_runtime", "seal"]
 
 log = logging.getLogger(__name__)
 
 UPLINK_RESTART_S = 5.0
+SOFTWARE_VERSION = "stackline-collector/0.1.0"
 
 
 def seal(buffer: Buffer, signer: Signer, draft: BlockDraft, created_unix_ms: int) -> SealedBlock:
@@ -43,6 +55,43 @@ def seal(buffer: Buffer, signer: Signer, draft: BlockDraft, created_unix_ms: int
     envelope = signer.envelope(payload).SerializeToString()
     return SealedBlock(head.sequence + 1, envelope, block_hash(payload), draft.config_digest,
                        created_unix_ms)
+
+
+@dataclass(slots=True)
+class DeviceHealth:
+    """How one device has been answering."""
+
+    polls: int = 0
+    failures: int = 0
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    consecutive_failures: int = 0
+    last_error: str = ""
+    last_success_unix_ms: int = 0
+
+    @property
+    def answering(self) -> bool:
+        """The last poll succeeded (or none has been made yet)."""
+        return self.consecutive_failures == 0
+
+    def record(self, error: DeviceError | None, now_ms: int) -> None:
+        """Count one poll."""
+        self.polls += 1
+        if error is None:
+            self.consecutive_failures = 0
+            self.last_success_unix_ms = now_ms
+            return
+        kind = FAILURE_KINDS.get(type(error), "error")
+        self.failures += 1
+        self.failures_by_kind[kind] = self.failures_by_kind.get(kind, 0) + 1
+        self.consecutive_failures += 1
+        self.last_error = str(error)
+
+
+FAILURE_KINDS: dict[type[DeviceError], str] = {
+    DeviceTimeout: "timeout",
+    DeviceConnectionLost: "connection",
+    DeviceException: "exception",
+}
 
 
 @dataclass(slots=True)
@@ -73,6 +122,8 @@ class CollectorRuntime:
         uplinks: list[Uplink] | None = None,
         wakeup: asyncio.Event | None = None,
         acked: asyncio.Event | None = None,
+        status_interval_s: float = 5.0,
+        http_listen: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.plan = plan
@@ -86,6 +137,12 @@ class CollectorRuntime:
         self.acked = acked or asyncio.Event()
         self.clock = clock
         self.stats = TickStats()
+        self.devices = {device.device_id: DeviceHealth() for device in plan.devices}
+        self.http_listen = http_listen
+        self.http_endpoint: HttpEndpoint | None = None
+        for uplink in self.uplinks:
+            uplink.status_source = self.status_message
+            uplink.status_interval_s = status_interval_s
         self._buffer_full = False
 
     def __repr__(self) -> str:
@@ -137,6 +194,7 @@ class CollectorRuntime:
         responses, error = await self.source.poll(device)
         if error is not None:
             self.stats.device_failures += 1
+        self.devices[device.device_id].record(error, self._now_ms())
         return decode_device(device, responses, started_ms, keep_raw=self.keep_raw_registers)
 
     async def tick(self, window_start_ms: int) -> bool:
@@ -178,6 +236,7 @@ class CollectorRuntime:
         """Tick and stream until `stop` is set; then stop ticking and give the uplinks up to
         `drain_timeout_s` to have the gateway acknowledge what is buffered. What is still
         unacknowledged stays in the buffer for the next run."""
+        endpoint = self._start_http()
         try:
             async with asyncio.TaskGroup() as group:
                 ticker = group.create_task(self._ticker(), name="ticker")
@@ -190,8 +249,52 @@ class CollectorRuntime:
                 for task in uplinks:
                     task.cancel()
         finally:
+            if endpoint is not None:
+                endpoint.stop()
             await self.source.close()
             self.buffer.close()
+
+    def _start_http(self) -> HttpEndpoint | None:
+        if self.http_listen is None:
+            return None
+
+        async def metrics() -> Response:
+            return Response(200, CONTENT_TYPE, render_metrics(self))
+
+        async def healthz() -> Response:
+            healthy = self.stats.ticks > 0 or self.buffer.chain_state().sequence > 0
+            body = json.dumps({"ok": healthy, "collector_id": self.plan.collector_id,
+                               "chain_head": self.buffer.chain_state().sequence,
+                               "uplinks": [u.state.value for u in self.uplinks]})
+            return Response(200 if healthy else 503, "application/json", body.encode())
+
+        endpoint = HttpEndpoint(address=self.http_listen,
+                                routes={"/metrics": metrics, "/healthz": healthz})
+        endpoint.start(asyncio.get_running_loop())
+        self.http_endpoint = endpoint
+        return endpoint
+
+    def status_message(self) -> pb.CollectorStatus:
+        """This collector's health, as the uplinks report it to the gateway."""
+        depth = self.buffer.depth()
+        chain = self.buffer.chain_state()
+        return pb.CollectorStatus(
+            collector_id=self.plan.collector_id,
+            plant_id=self.plan.plant_id,
+            time_unix_ms=self._now_ms(),
+            chain_head=chain.sequence,
+            acknowledged_through=depth.acknowledged_through,
+            buffer_blocks=depth.blocks,
+            buffer_bytes=depth.bytes,
+            oldest_unacknowledged_unix_ms=depth.oldest_created_unix_ms or 0,
+            unrecorded_ticks=self.stats.missed_ticks + self.stats.unbuffered_ticks,
+            devices=[pb.DeviceStatus(
+                device_id=device_id, answering=health.answering, polls=health.polls,
+                failures=health.failures, consecutive_failures=health.consecutive_failures,
+                last_error=health.last_error, last_success_unix_ms=health.last_success_unix_ms,
+            ) for device_id, health in self.devices.items()],
+            software_version=SOFTWARE_VERSION,
+        )
 
     @staticmethod
     async def _supervise(uplink: Uplink) -> None:
@@ -250,7 +353,8 @@ def build_runtime(plant: LoadedPlant) -> CollectorRuntime:
     return CollectorRuntime(
         plan=plan, signer=signer, buffer=buffer, source=ModbusTcpSource(),
         tick_ms=section.tick_ms, keep_raw_registers=section.keep_raw_registers,
-        uplinks=uplinks, wakeup=wakeup, acked=acked,
+        uplinks=uplinks, wakeup=wakeup, acked=acked, status_interval_s=section.status_interval_s,
+        http_listen=section.http.listen if section.http else None,
     )
 
 

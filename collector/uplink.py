@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Uplink", "UplinkState", "UplinkStats"]
+from proto.stackline.v1 import stackline_pb2 as pb
+
+__all__ = ["StatusSource", "Uplink", "UplinkState", "UplinkStats"]
+
+StatusSource = Callable[[], pb.CollectorStatus]
 
 
 class UplinkState(enum.Enum):
@@ -36,6 +41,8 @@ class Uplink(Protocol):
 
     state: UplinkState
     stats: UplinkStats
+    status_source: StatusSource | None
+    status_interval_s: float
 
     async def run(self) -> None:
         """Keep sessions up, with backoff between them, until cancelled."""

@@ -18,7 +18,7 @@ import grpc.aio
 from collector.buffer import Buffer
 from collector.config import GrpcUplinkConfig
 from collector.errors import UplinkError
-from collector.uplink import UplinkState, UplinkStats
+from collector.uplink import StatusSource, UplinkState, UplinkStats
 from proto.backoff import Backoff
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.stackline.v1 import stackline_pb2_grpc as pb_grpc
@@ -53,6 +53,8 @@ class GrpcUplink:
         self.acked = acked or asyncio.Event()
         self.state = UplinkState.CONNECTING
         self.stats = UplinkStats()
+        self.status_source: StatusSource | None = None  # set by the runtime
+        self.status_interval_s = 5.0
         self._backoff = Backoff(initial_s=config.reconnect_initial_s,
                                 max_s=config.reconnect_max_s)
 
@@ -106,10 +108,13 @@ class GrpcUplink:
             self._backoff.reset()
             log.info("uplink to %s streaming from sequence %d", self.config.target, resume_from)
             in_flight = asyncio.Semaphore(self.config.max_batches_in_flight)
+            writing = asyncio.Lock()  # a stream takes one write at a time
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._send(call, resume_from, in_flight), name="uplink-send")
+                    group.create_task(self._send(call, resume_from, in_flight, writing),
+                                      name="uplink-send")
                     group.create_task(self._receive(call, in_flight), name="uplink-receive")
+                    group.create_task(self._report_status(call, writing), name="uplink-status")
             except* UplinkError as group_error:
                 raise group_error.exceptions[0] from None
             except* grpc.aio.AioRpcError as group_error:
@@ -150,9 +155,20 @@ class GrpcUplink:
         self.stats.acknowledged_through = max(self.stats.acknowledged_through, through)
         self.acked.set()
 
+    async def _report_status(
+        self, call: grpc.aio.StreamStreamCall[pb.IngestRequest, pb.IngestResponse],
+        writing: asyncio.Lock,
+    ) -> None:
+        if self.status_source is None:
+            return
+        while True:
+            async with writing:
+                await call.write(pb.IngestRequest(status=self.status_source()))
+            await asyncio.sleep(self.status_interval_s)
+
     async def _send(
         self, call: grpc.aio.StreamStreamCall[pb.IngestRequest, pb.IngestResponse],
-        next_sequence: int, in_flight: asyncio.Semaphore,
+        next_sequence: int, in_flight: asyncio.Semaphore, writing: asyncio.Lock,
     ) -> None:
         while True:
             await in_flight.acquire()
@@ -170,7 +186,8 @@ class GrpcUplink:
             batch = pb.Batch()
             for _, envelope in blocks:
                 batch.blocks.add().ParseFromString(envelope)
-            await call.write(pb.IngestRequest(batch=batch))
+            async with writing:
+                await call.write(pb.IngestRequest(batch=batch))
             self.stats.batches_sent += 1
             self.stats.blocks_sent += len(blocks)
             next_sequence = blocks[-1][0] + 1

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from collector.buffer import Buffer
 from collector.config import MqttUplinkConfig
 from collector.errors import UplinkError
-from collector.uplink import UplinkState, UplinkStats
+from collector.uplink import StatusSource, UplinkState, UplinkStats
 from proto.backoff import Backoff
 from proto.credentials import BrokerCredentials
 from proto.stackline.v1 import stackline_pb2 as pb
@@ -59,6 +59,8 @@ class MqttUplink:
         self.acked = acked or asyncio.Event()
         self.state = UplinkState.CONNECTING
         self.stats = UplinkStats()
+        self.status_source: StatusSource | None = None  # set by the runtime
+        self.status_interval_s = 5.0
         self.blocks_topic = f"{config.topic_prefix}/{collector_id}/blocks"
         self.acks_topic = f"{config.topic_prefix}/{collector_id}/acks"
         self._backoff = Backoff(initial_s=config.reconnect_initial_s, max_s=config.reconnect_max_s)
@@ -121,8 +123,17 @@ class MqttUplink:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._send(client), name="mqtt-send")
                     group.create_task(self._receive(client), name="mqtt-receive")
+                    group.create_task(self._report_status(client), name="mqtt-status")
             except* (aiomqtt.MqttError, UplinkError, OSError) as group_error:
                 raise group_error.exceptions[0] from None
+
+    async def _report_status(self, client: aiomqtt.Client) -> None:
+        if self.status_source is None:
+            return
+        while True:
+            status = pb.IngestRequest(status=self.status_source())
+            await client.publish(self.blocks_topic, status.SerializeToString(), qos=1)
+            await asyncio.sleep(self.status_interval_s)
 
     def _restart_from_acknowledged(self) -> None:
         self._next_sequence = self.buffer.acknowledged_through() + 1

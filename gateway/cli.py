@@ -37,6 +37,12 @@ def add_commands(commands: Any) -> None:
     verify.add_argument("--json", action="store_true", help="print a JSON object")
     verify.set_defaults(handler=_verify)
 
+    status = commands.add_parser("status", help="every plant's stream at a glance, from a gateway")
+    status.add_argument("--gateway", required=True,
+                        help="the gateway's HTTP endpoint, e.g. http://127.0.0.1:9100")
+    status.add_argument("--json", action="store_true", help="print the gateway's JSON document")
+    status.set_defaults(handler=_status)
+
     demo = commands.add_parser("demo", help="simulator, collector and gateway on embedded defaults")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds of streamed data (default: until Ctrl-C)")
@@ -122,6 +128,17 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         print(render_text(report))
     return 0 if report.ok else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from gateway.status_cli import fetch_status, render_status  # noqa: PLC0415
+
+    try:
+        document = fetch_status(args.gateway)
+    except OSError as exc:
+        return _fail(exc)
+    print(json.dumps(document, indent=2) if args.json else render_status(document))
+    return 0 if all(c["state"] == "OK" for c in document["collectors"]) else 1
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -99,6 +99,13 @@ class LedgerSection(_Strict):
         return self
 
 
+class HttpSection(_Strict):
+    """The read-only HTTP endpoint: /metrics (Prometheus), /healthz and /status."""
+
+    listen: str = Field(default="127.0.0.1:9100", pattern=r"^.*:\d{1,5}$",
+                        description="host:port (port 0 picks a free one)")
+
+
 class LimitsSection(_Strict):
     """Bounds on what one peer may send."""
 
@@ -112,6 +119,7 @@ class GatewayConfig(_Strict):
     gateway: GatewaySection
     listen: ListenSection = ListenSection()
     mqtt: MqttSection | None = None
+    http: HttpSection | None = None
     ledger: LedgerSection = LedgerSection()
     limits: LimitsSection = LimitsSection()
 

@@ -80,10 +80,12 @@ def write_configs(data_dir: Path, plant_template: Path, *,
         "gateway": {"id": "demo-gateway"},
         "listen": {"grpc": f"127.0.0.1:{grpc_port}"},
         "ledger": {"path": "ledger.sqlite"},
+        "http": {"listen": f"127.0.0.1:{_free_port()}"},
     }, sort_keys=False))
     plant: dict[str, Any] = yaml.safe_load(plant_template.read_text())
     collector = plant["collector"]
     collector["key_file"] = "keys/collector.key"
+    collector["http"] = {"listen": f"127.0.0.1:{_free_port()}"}
     if tick_ms is not None:
         collector["tick_ms"] = tick_ms
     collector["buffer"]["path"] = "collector-buffer.sqlite"
@@ -181,6 +183,8 @@ async def run_demo(*, data_dir: Path, duration_s: float | None, plant_template: 
     print(f"collector {collector_id} enrolled with key {key_id}; ledger {ledger_path}", file=out)
 
     plant, grpc_port = _ports(plant_config, gateway_config)
+    urls = {"gateway": "http://" + yaml.safe_load(gateway_config.read_text())["http"]["listen"],
+            "collector": "http://" + plant["collector"]["http"]["listen"]}
     logs = data_dir / "logs"
     processes: dict[str, subprocess.Popen[bytes]] = {}
     stop = asyncio.Event()
@@ -198,6 +202,8 @@ async def run_demo(*, data_dir: Path, duration_s: float | None, plant_template: 
         processes["collector"] = spawn(["collector", "run", "--config", str(plant_config)],
                                         logs / "collector.log")
         print(f"simulator, collector and gateway running; logs in {logs}; Ctrl-C stops", file=out)
+        print(f"operator view:  stackline status --gateway {urls['gateway']}", file=out)
+        print(f"metrics:        {urls['gateway']}/metrics  {urls['collector']}/metrics", file=out)
         await _watch(ledger_path, processes, stop, duration_s, out)
     finally:
         for name in ("collector", "simulator", "gateway"):

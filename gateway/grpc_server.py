@@ -133,6 +133,14 @@ class GrpcIngestServer:
                     log.info("collector %s connected from %s", collector_id, peer)
                     yield _ack(collector_id, await self.core.ledger.head(collector_id))
                     continue
+                if kind == "status":
+                    refusal_ = await self.core.record_status(
+                        collector_id=collector_id, status=request.status, raw=raw,
+                        transport=TRANSPORT, peer=peer)
+                    if refusal_ is not None:
+                        yield _error(refusal_)
+                        return
+                    continue
                 if kind != "batch":
                     refusal = await self.core.refuse(
                         raw=raw, collector_id=collector_id, transport=TRANSPORT, peer=peer,

@@ -78,6 +78,9 @@ class IngestStats:
 
     blocks_stored: Counter[str] = field(default_factory=Counter)
     readings_stored: Counter[str] = field(default_factory=Counter)
+    blocks_by_transport: Counter[tuple[str, str]] = field(default_factory=Counter)
+    readings_by_transport: Counter[tuple[str, str]] = field(default_factory=Counter)
+    last_stored_unix_ms: dict[str, int] = field(default_factory=dict)
     duplicates: Counter[str] = field(default_factory=Counter)
     rejections: Counter[str] = field(default_factory=Counter)
     evidence_dropped: int = 0
@@ -101,6 +104,8 @@ class IngestCore:
     def __init__(self, *, ledger: Ledger) -> None:
         self.ledger = ledger
         self.stats = IngestStats()
+        # latest CollectorStatus per collector, with when it arrived (ms)
+        self.statuses: dict[str, tuple[pb.CollectorStatus, int]] = {}
         self._keys: dict[str, tuple[CollectorKey, Verifier]] = {}
 
     def __repr__(self) -> str:
@@ -136,6 +141,26 @@ class IngestCore:
                 entry.transport, entry.peer, entry.detail,
                 "" if kept else " [quarantine full: evidence not kept]")
 
+    async def record_status(
+        self, *, collector_id: str, status: pb.CollectorStatus, raw: bytes, transport: str,
+        peer: str,
+    ) -> Refusal | None:
+        """Keep the latest health report of an enrolled collector (in memory: it is telemetry,
+        not evidence); refuse one that speaks for another collector."""
+        if await self.collector(collector_id) is None:
+            return await self.refuse(raw=raw, collector_id=collector_id, transport=transport,
+                                     peer=peer, refusal=Refusal(0, "unknown_collector",
+                                     f"status from {collector_id!r}, which is not enrolled"))
+        if status.collector_id != collector_id:
+            return await self.refuse(raw=raw, collector_id=collector_id, transport=transport,
+                                     peer=peer, refusal=Refusal(0, "collector_mismatch",
+                                     f"status names {status.collector_id!r} on the stream of "
+                                     f"{collector_id!r}"))
+        previous = self.statuses.get(collector_id)
+        if previous is None or previous[0].time_unix_ms <= status.time_unix_ms:
+            self.statuses[collector_id] = (status, _now_ms())
+        return None
+
     async def ingest(
         self, *, collector_id: str, envelopes: list[pb.SignedBlock], transport: str, peer: str,
     ) -> IngestOutcome:
@@ -168,6 +193,9 @@ class IngestCore:
             if placement is Placement.NEXT:
                 self.stats.blocks_stored[collector_id] += 1
                 self.stats.readings_stored[collector_id] += block.reading_count
+                self.stats.blocks_by_transport[(collector_id, transport)] += 1
+                self.stats.readings_by_transport[(collector_id, transport)] += block.reading_count
+                self.stats.last_stored_unix_ms[collector_id] = _now_ms()
             elif placement is Placement.DUPLICATE:
                 self.stats.duplicates[collector_id] += 1
         if appended.refused is not None:

@@ -187,6 +187,14 @@ class MqttIngest:
                                  collector_id=collector_id, refusals=(refusal,))
             return _response(head=await self.core.ledger.head(collector_id),
                              collector_id=collector_id)
+        if kind == "status":
+            refusal_ = await self.core.record_status(
+                collector_id=collector_id, status=request.status, raw=payload,
+                transport=TRANSPORT, peer=peer)
+            if refusal_ is None:
+                return None
+            return _response(head=await self.core.ledger.head(collector_id),
+                             collector_id=collector_id, refusals=(refusal_,))
         if kind != "batch":
             refusal = await self.core.refuse(
                 raw=payload, collector_id=collector_id, transport=TRANSPORT, peer=peer,

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 
 from gateway.config import LoadedGatewayConfig
-from gateway.errors import ConfigError, EnrolmentError
+from gateway.errors import ConfigError, EnrolmentError, LedgerError
 from gateway.grpc_server import GrpcIngestServer
 from gateway.ingest import IngestCore
 from gateway.ledger import CollectorKey, Ledger, open_ledger
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import GatewaySnapshot, status_document
+from gateway.metrics import render as render_metrics
 from gateway.mqtt_ingest import MqttIngest
 from proto.credentials import BrokerCredentials, read_secret
 from proto.errors import UnacceptableKeyError
+from proto.http_endpoint import HttpEndpoint, Response
 from proto.wire import check_public_key, key_id_of
 
 __all__ = ["GatewayRuntime", "enroll_collector"]
@@ -53,6 +58,10 @@ class GatewayRuntime:
                 ),
             )
         self._mqtt_task: asyncio.Task[None] | None = None
+        self.http: HttpEndpoint | None = None
+        if section.http is not None:
+            self.http = HttpEndpoint(address=section.http.listen, routes={
+                "/metrics": self._metrics, "/healthz": self._healthz, "/status": self._status})
 
     def __repr__(self) -> str:
         return (f"GatewayRuntime(id={self.config.config.gateway.id!r}, grpc={self.grpc!r}, "
@@ -68,7 +77,36 @@ class GatewayRuntime:
         if self.mqtt is not None:
             self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt-ingest")
             self._mqtt_task.add_done_callback(_report_crash)
+        if self.http is not None:
+            self.http.start(asyncio.get_running_loop())
         return port
+
+    def _sink_lag(self) -> dict[str, int] | None:
+        return None
+
+    async def _snapshot(self) -> GatewaySnapshot:
+        return await GatewaySnapshot.take(gateway_id=self.config.config.gateway.id,
+                                          core=self.core, sink_lag_blocks=self._sink_lag())
+
+    async def _metrics(self) -> Response:
+        return Response(200, METRICS_CONTENT_TYPE, render_metrics(await self._snapshot(), self.core))
+
+    async def _status(self) -> Response:
+        document = status_document(await self._snapshot(), self.core)
+        return Response(200, "application/json", json.dumps(document).encode())
+
+    async def _healthz(self) -> Response:
+        problems = []
+        try:
+            await self.ledger.summary()
+        except LedgerError as exc:
+            problems.append(f"ledger: {exc}")
+        if self.mqtt is not None and not self.mqtt.connected.is_set():
+            problems.append("mqtt: not connected to the broker")
+        body = {"ok": not problems, "gateway_id": self.config.config.gateway.id,
+                "problems": problems}
+        return Response(200 if not problems else 503, "application/json",
+                        json.dumps(body).encode())
 
     async def run(self) -> None:
         """Serve until cancelled, then stop cleanly."""
@@ -80,6 +118,8 @@ class GatewayRuntime:
 
     async def stop(self) -> None:
         """Stop the transports and close the ledger."""
+        if self.http is not None:
+            self.http.stop()
         if self._mqtt_task is not None:
             self._mqtt_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,6 +11,7 @@ from proto.chain import ChainHead, Placement
 __all__ = [
     "AppendResult",
     "CollectorKey",
+    "CollectorOverview",
     "Ledger",
     "LedgerSummary",
     "QuarantineEntry",
@@ -98,6 +99,16 @@ class LedgerSummary:
     latest_window_start_unix_ms: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class CollectorOverview:
+    """One collector's line in an operator's status table."""
+
+    sequence: int
+    readings: int
+    latest_window_start_unix_ms: int | None
+    quarantined: int
+
+
 class Ledger(Protocol):
     """Append-only storage of verified blocks, idempotent on (collector id, sequence)."""
 
@@ -139,6 +150,10 @@ class Ledger(Protocol):
 
     async def summary(self) -> LedgerSummary:
         """Totals for a status line."""
+        ...
+
+    async def collectors_overview(self) -> dict[str, CollectorOverview]:
+        """Per enrolled collector: chain head, readings, newest window, quarantined entries."""
         ...
 
     async def close(self) -> None:

@@ -44,6 +44,7 @@ from gateway.errors import EnrolmentError, LedgerError, RetryableLedgerError
 from gateway.ledger.base import (
     AppendResult,
     CollectorKey,
+    CollectorOverview,
     LedgerSummary,
     QuarantineEntry,
     StoredRow,
@@ -482,6 +483,20 @@ class PostgresLedger:
             blocks, readings, collectors, latest, quarantined = row
             return LedgerSummary(int(blocks), int(readings), int(collectors), int(quarantined),
                                  None if latest is None else int(latest))
+        return await self._run(work)
+
+    async def collectors_overview(self) -> dict[str, CollectorOverview]:
+        """Per enrolled collector: its chain head, readings, newest window and quarantine."""
+        async def work(conn: Any) -> dict[str, CollectorOverview]:
+            rows = await conn.fetch(
+                "SELECT c.collector_id, COALESCE(h.sequence, 0), COALESCE(h.readings, 0), "
+                "CASE WHEN COALESCE(h.sequence, 0) > 0 THEN h.latest_window_start_unix_ms END, "
+                "(SELECT COUNT(*) FROM quarantine q WHERE q.collector_id = c.collector_id) "
+                "FROM (SELECT DISTINCT collector_id FROM collectors) c "
+                "LEFT JOIN chain_heads h ON h.collector_id = c.collector_id")
+            return {r[0]: CollectorOverview(int(r[1]), int(r[2]),
+                                            None if r[3] is None else int(r[3]), int(r[4]))
+                    for r in rows}
         return await self._run(work)
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from gateway.errors import EnrolmentError, LedgerError, RetryableLedgerError
 from gateway.ledger.base import (
     AppendResult,
     CollectorKey,
+    CollectorOverview,
     LedgerSummary,
     QuarantineEntry,
     StoredRow,
@@ -327,6 +328,20 @@ class SqliteLedger:
             (quarantined,) = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()
             return LedgerSummary(int(blocks), int(readings), int(collectors), int(quarantined),
                                  None if latest is None else int(latest))
+        return await self._run(work)
+
+    async def collectors_overview(self) -> dict[str, CollectorOverview]:
+        """Per enrolled collector: its chain head, readings, newest window and quarantine."""
+        def work(db: sqlite3.Connection) -> dict[str, CollectorOverview]:
+            rows = db.execute(
+                "SELECT c.collector_id, COALESCE(h.sequence, 0), COALESCE(h.readings, 0), "
+                "h.latest_window_start_unix_ms, "
+                "(SELECT COUNT(*) FROM quarantine q WHERE q.collector_id = c.collector_id) "
+                "FROM (SELECT DISTINCT collector_id FROM collectors) c "
+                "LEFT JOIN chain_heads h ON h.collector_id = c.collector_id").fetchall()
+            return {r[0]: CollectorOverview(int(r[1]), int(r[2]),
+                                            None if r[3] is None else int(r[3]), int(r[4]))
+                    for r in rows}
         return await self._run(work)
 
     async def close(self) -> None:

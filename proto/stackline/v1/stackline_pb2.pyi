@@ -254,26 +254,129 @@ class Batch(_message.Message):
 Global___Batch: _TypeAlias = Batch  # noqa: Y015
 
 @_typing.final
+class DeviceStatus(_message.Message):
+    """How one device at the plant is doing, as the collector sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    ANSWERING_FIELD_NUMBER: _builtins.int
+    POLLS_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_SUCCESS_UNIX_MS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    answering: _builtins.bool
+    """the last poll succeeded"""
+    polls: _builtins.int
+    failures: _builtins.int
+    consecutive_failures: _builtins.int
+    last_error: _builtins.str
+    last_success_unix_ms: _builtins.int
+    """0 when never"""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        answering: _builtins.bool = ...,
+        polls: _builtins.int = ...,
+        failures: _builtins.int = ...,
+        consecutive_failures: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_success_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answering", b"answering", "consecutive_failures", b"consecutive_failures", "device_id", b"device_id", "failures", b"failures", "last_error", b"last_error", "last_success_unix_ms", b"last_success_unix_ms", "polls", b"polls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceStatus: _TypeAlias = DeviceStatus  # noqa: Y015
+
+@_typing.final
+class CollectorStatus(_message.Message):
+    """A collector's health, sent every few seconds on every uplink (not part of the signed chain:
+    operational telemetry so that the central view shows a plant that is buffering).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTOR_ID_FIELD_NUMBER: _builtins.int
+    PLANT_ID_FIELD_NUMBER: _builtins.int
+    TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CHAIN_HEAD_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_THROUGH_FIELD_NUMBER: _builtins.int
+    BUFFER_BLOCKS_FIELD_NUMBER: _builtins.int
+    BUFFER_BYTES_FIELD_NUMBER: _builtins.int
+    OLDEST_UNACKNOWLEDGED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UNRECORDED_TICKS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    collector_id: _builtins.str
+    plant_id: _builtins.str
+    time_unix_ms: _builtins.int
+    chain_head: _builtins.int
+    acknowledged_through: _builtins.int
+    buffer_blocks: _builtins.int
+    buffer_bytes: _builtins.int
+    oldest_unacknowledged_unix_ms: _builtins.int
+    """0 when the buffer is empty"""
+    unrecorded_ticks: _builtins.int
+    """ticks missed or refused by a full buffer"""
+    software_version: _builtins.str
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceStatus]: ...
+    def __init__(
+        self,
+        *,
+        collector_id: _builtins.str = ...,
+        plant_id: _builtins.str = ...,
+        time_unix_ms: _builtins.int = ...,
+        chain_head: _builtins.int = ...,
+        acknowledged_through: _builtins.int = ...,
+        buffer_blocks: _builtins.int = ...,
+        buffer_bytes: _builtins.int = ...,
+        oldest_unacknowledged_unix_ms: _builtins.int = ...,
+        unrecorded_ticks: _builtins.int = ...,
+        devices: _abc.Iterable[Global___DeviceStatus] | None = ...,
+        software_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_through", b"acknowledged_through", "buffer_blocks", b"buffer_blocks", "buffer_bytes", b"buffer_bytes", "chain_head", b"chain_head", "collector_id", b"collector_id", "devices", b"devices", "oldest_unacknowledged_unix_ms", b"oldest_unacknowledged_unix_ms", "plant_id", b"plant_id", "software_version", b"software_version", "time_unix_ms", b"time_unix_ms", "unrecorded_ticks", b"unrecorded_ticks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectorStatus: _TypeAlias = CollectorStatus  # noqa: Y015
+
+@_typing.final
 class IngestRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HELLO_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
     def batch(self) -> Global___Batch: ...
+    @_builtins.property
+    def status(self) -> Global___CollectorStatus:
+        """no answer is sent for a status"""
+
     def __init__(
         self,
         *,
         hello: Global___Hello | None = ...,
         batch: Global___Batch | None = ...,
+        status: Global___CollectorStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "hello", b"hello", "kind", b"kind", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "hello", b"hello", "kind", b"kind", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "batch", "status"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
