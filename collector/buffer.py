@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from collector.errors import BufferFullError, CollectorError
+from collector.errors import BufferFullError, BufferUnavailable, CollectorError
 from proto.wire import GENESIS_HASH
 
 __all__ = ["Buffer", "BufferDepth", "ChainState", "MemoryBuffer", "SealedBlock", "SqliteBuffer"]
@@ -190,6 +190,7 @@ class SqliteBuffer:
         self._state = ChainState(int(row[0]), bytes(row[1]), bytes(row[2]))
         self._acked = int(row[3])
         self._bytes = int(row[4])
+        self._count = int(self._db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
 
     def __repr__(self) -> str:
         return f"SqliteBuffer(path={str(self.path)!r}, head={self._state.sequence})"
@@ -207,19 +208,23 @@ class SqliteBuffer:
                 f"buffer {self.path} holds {self._bytes} bytes of unacknowledged blocks, "
                 f"limit {self.max_bytes}"
             )
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT INTO blocks VALUES (?, ?, ?)",
-                (block.sequence, block.envelope, block.created_unix_ms),
-            )
-            self._db.execute(
-                "UPDATE chain SET sequence = ?, hash = ?, config_digest = ?, "
-                "stored_bytes = stored_bytes + ?",
-                (block.sequence, block.hash, block.config_digest, size),
-            )
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT INTO blocks VALUES (?, ?, ?)",
+                    (block.sequence, block.envelope, block.created_unix_ms),
+                )
+                self._db.execute(
+                    "UPDATE chain SET sequence = ?, hash = ?, config_digest = ?, "
+                    "stored_bytes = stored_bytes + ?",
+                    (block.sequence, block.hash, block.config_digest, size),
+                )
+        except sqlite3.Error as exc:
+            raise BufferUnavailable(f"cannot write block {block.sequence} to {self.path}: {exc}") from exc
         self._state = ChainState(block.sequence, block.hash, block.config_digest)
         self._bytes += size
+        self._count += 1
 
     def read_from(self, sequence: int, limit: int) -> list[tuple[int, bytes]]:
         """Blocks from `sequence` on, in sequence order."""
@@ -234,19 +239,23 @@ class SqliteBuffer:
         through = min(through_sequence, self._state.sequence)
         if through <= self._acked:
             return 0
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            freed = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope)), 0) FROM blocks "
-                "WHERE sequence <= ?", (through,),
-            ).fetchone()
-            self._db.execute("DELETE FROM blocks WHERE sequence <= ?", (through,))
-            self._db.execute(
-                "UPDATE chain SET acknowledged_through = ?, stored_bytes = stored_bytes - ?",
-                (through, int(freed[1])),
-            )
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                freed = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope)), 0) FROM blocks "
+                    "WHERE sequence <= ?", (through,),
+                ).fetchone()
+                self._db.execute("DELETE FROM blocks WHERE sequence <= ?", (through,))
+                self._db.execute(
+                    "UPDATE chain SET acknowledged_through = ?, stored_bytes = stored_bytes - ?",
+                    (through, int(freed[1])),
+                )
+        except sqlite3.Error as exc:
+            raise BufferUnavailable(f"cannot record the ack in {self.path}: {exc}") from exc
         self._acked = through
         self._bytes -= int(freed[1])
+        self._count -= int(freed[0])
         return int(freed[0])
 
     def acknowledged_through(self) -> int:
@@ -254,11 +263,10 @@ class SqliteBuffer:
         return self._acked
 
     def depth(self) -> BufferDepth:
-        """Blocks and bytes waiting, and when the oldest was made."""
-        count, oldest = self._db.execute(
-            "SELECT COUNT(*), MIN(created_unix_ms) FROM blocks"
-        ).fetchone()
-        return BufferDepth(int(count), self._bytes, None if oldest is None else int(oldest),
+        """Blocks and bytes waiting, and when the oldest was made (no table scan)."""
+        oldest = self._db.execute(
+            "SELECT created_unix_ms FROM blocks ORDER BY sequence LIMIT 1").fetchone()
+        return BufferDepth(self._count, self._bytes, None if oldest is None else int(oldest[0]),
                            self._acked)
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BufferFullError",
+    "BufferUnavailable",
     "CollectorError",
     "ConfigError",
     "DeviceConnectionLost",
@@ -54,6 +55,10 @@ class DeviceException(DeviceError):
 
 class BufferFullError(CollectorError):
     """The buffer reached its configured size; the block was not stored."""
+
+
+class BufferUnavailable(CollectorError):
+    """The buffer could not be written (disk full, I/O error); the block was not stored."""
 
 
 class UplinkError(CollectorError):

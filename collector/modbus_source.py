@@ -24,6 +24,7 @@ __all__ = ["DeviceSource", "LinkState", "ModbusTcpSource", "PollResult"]
 log = logging.getLogger(__name__)
 
 RAW_FRAMES_KEPT = 8
+CLIENT_TIMEOUT_S = 120.0
 
 
 class LinkState(enum.Enum):
@@ -58,8 +59,10 @@ class _Endpoint:
         self.state = LinkState.DISCONNECTED
         self.lock = asyncio.Lock()
         self.frames: deque[tuple[bool, bytes]] = deque(maxlen=RAW_FRAMES_KEPT)
+        # pymodbus' own response timeout is set out of the way: each request runs under the
+        # device's `timeout_ms` (asyncio.timeout below), whatever it is.
         self.client = AsyncModbusTcpClient(
-            host, port=port, retries=0, reconnect_delay=0, timeout=1.0,
+            host, port=port, retries=0, reconnect_delay=0, timeout=CLIENT_TIMEOUT_S,
             trace_packet=self._trace,
         )
 
@@ -150,15 +153,23 @@ class ModbusTcpSource:
         results: PollResult = []
         first_error: DeviceError | None = None
         async with endpoint.lock:
-            for request in device.requests:
-                if first_error is not None and isinstance(first_error, DeviceConnectionLost):
-                    results.append(None)
-                    continue
-                try:
-                    results.append(await self._read(endpoint, device, request))
-                except DeviceError as exc:
-                    results.append(None)
-                    first_error = first_error or exc
+            try:
+                for request in device.requests:
+                    if isinstance(first_error, DeviceConnectionLost | DeviceTimeout):
+                        # a device that is gone or silent would only make every request wait
+                        results.append(None)
+                        continue
+                    try:
+                        results.append(await self._read(endpoint, device, request))
+                    except DeviceError as exc:
+                        results.append(None)
+                        first_error = first_error or exc
+            except asyncio.CancelledError:
+                # cut off mid-request (the tick's deadline): a late answer must not meet the
+                # next request on this connection
+                endpoint.client.close()
+                endpoint.state = LinkState.DISCONNECTED
+                raise
         self._report(device, first_error, endpoint)
         return results, first_error
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from collector.config import LoadedPlant
 from collector.decode import decode_device
 from collector.errors import (
     BufferFullError,
+    BufferUnavailable,
     ConfigError,
     DeviceConnectionLost,
     DeviceError,
@@ -45,6 +47,7 @@ __all__ = ["CollectorRuntime", "DeviceHealth", "TickStats", "build_runtime", "se
 log = logging.getLogger(__name__)
 
 UPLINK_RESTART_S = 5.0
+POLL_DEADLINE_FRACTION = 0.8  # of the tick: what is left seals, signs and stores the block
 SOFTWARE_VERSION = "stackline-collector/0.1.0"
 
 
@@ -153,16 +156,19 @@ class CollectorRuntime:
         return int(self.clock() * 1000)
 
     def _store(self, draft: BlockDraft) -> bool:
-        full: BufferFullError | None = None
+        full: BufferFullError | BufferUnavailable | None = None
         try:
             self.buffer.append(seal(self.buffer, self.signer, draft, self._now_ms()))
-        except BufferFullError as exc:
+        except (BufferFullError, BufferUnavailable) as exc:
             full = exc
         if full is not None:
             self.stats.unbuffered_ticks += 1
             if not self._buffer_full:
-                log.error("ALARM: %s; new readings are not being recorded until the gateway "
-                          "acknowledges older blocks (nothing buffered is dropped)", full)
+                remedy = ("until the gateway acknowledges older blocks"
+                          if isinstance(full, BufferFullError)
+                          else "until the buffer's disk can be written again")
+                log.error("ALARM: %s; new readings are not being recorded %s (nothing buffered "
+                          "is dropped)", full, remedy)
             self._buffer_full = True
             return False
         if self._buffer_full:
@@ -191,7 +197,17 @@ class CollectorRuntime:
 
     async def _poll_device(self, device: DevicePlan) -> list[ReadingValue]:
         started_ms = self._now_ms()
-        responses, error = await self.source.poll(device)
+        # No device may hold up the block of the tick: past the deadline its readings are
+        # recorded as communication loss and the other devices' readings go out on time.
+        deadline_s = self.tick_ms * POLL_DEADLINE_FRACTION / 1000
+        try:
+            async with asyncio.timeout(deadline_s):
+                responses, error = await self.source.poll(device)
+        except TimeoutError:
+            responses = [None] * len(device.requests)
+            error = DeviceTimeout(device.device_id,
+                                  f"poll did not finish within {deadline_s * 1000:.0f} ms of the "
+                                  f"{self.tick_ms} ms tick")
         if error is not None:
             self.stats.device_failures += 1
         self.devices[device.device_id].record(error, self._now_ms())
@@ -199,6 +215,11 @@ class CollectorRuntime:
 
     async def tick(self, window_start_ms: int) -> bool:
         """Poll every device once and store one block for the window starting here."""
+        if (self.buffer.chain_state().config_digest != self.plan.config_digest
+                and not self.record_config_if_changed()):
+            # readings are never stored under a configuration the chain has not recorded
+            self.stats.ticks += 1
+            return False
         results = await asyncio.gather(*(self._poll_device(d) for d in self.plan.devices))
         readings = [reading for device_readings in results for reading in device_readings]
         self.stats.ticks += 1
@@ -218,9 +239,17 @@ class CollectorRuntime:
         tick = self.tick_ms
         next_start = (self._now_ms() // tick + 1) * tick
         while True:
-            delay_s = (next_start - self._now_ms()) / 1000
-            if delay_s > 0:
-                await asyncio.sleep(delay_s)
+            now = self._now_ms()
+            if now < next_start - 2 * tick:
+                # the wall clock stepped back (NTP, a box that booted with a wrong clock)
+                log.error("ALARM: the clock went back by %.1f s; windows restart from now and "
+                          "may overlap earlier ones", (next_start - now) / 1000)
+                next_start = (now // tick + 1) * tick
+                continue
+            if now < next_start:
+                # sleep in short steps so that a clock step is noticed within a tick
+                await asyncio.sleep(min(next_start - now, tick) / 1000)
+                continue
             await self.tick(next_start)
             following = next_start + tick
             now = self._now_ms()
@@ -339,14 +368,20 @@ def build_runtime(plant: LoadedPlant) -> CollectorRuntime:
                                   key_id=signer.key_id, buffer=buffer, wakeup=wakeup, acked=acked))
     if section.uplink.mqtt is not None:
         mqtt = section.uplink.mqtt
+        field = "collector.uplink.mqtt"
         credentials = BrokerCredentials(
             password=_first_line(plant.resolve(mqtt.password_file)) if mqtt.password_file else None,
-            ca_file=str(plant.resolve(mqtt.tls.ca_file)) if mqtt.tls else None,
-            cert_file=str(plant.resolve(mqtt.tls.cert_file)) if mqtt.tls and mqtt.tls.cert_file
-            else None,
-            key_file=str(plant.resolve(mqtt.tls.key_file)) if mqtt.tls and mqtt.tls.key_file
-            else None,
+            ca_file=_existing(plant, mqtt.tls.ca_file if mqtt.tls else None, f"{field}.tls.ca_file"),
+            cert_file=_existing(plant, mqtt.tls.cert_file if mqtt.tls else None,
+                                f"{field}.tls.cert_file"),
+            key_file=_existing(plant, mqtt.tls.key_file if mqtt.tls else None,
+                               f"{field}.tls.key_file"),
         )
+        try:
+            credentials.tls_context()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(str(plant.source), f"{field}.tls",
+                              f"the TLS files do not load: {exc}") from exc
         uplinks.append(MqttUplink(config=mqtt, credentials=credentials,
                                   collector_id=plan.collector_id, key_id=signer.key_id,
                                   buffer=buffer, wakeup=wakeup, acked=acked))
@@ -356,6 +391,15 @@ def build_runtime(plant: LoadedPlant) -> CollectorRuntime:
         uplinks=uplinks, wakeup=wakeup, acked=acked, status_interval_s=section.status_interval_s,
         http_listen=section.http.listen if section.http else None,
     )
+
+
+def _existing(plant: LoadedPlant, relative: str | None, field: str) -> str | None:
+    if relative is None:
+        return None
+    path = plant.resolve(relative)
+    if not path.is_file():
+        raise ConfigError(str(plant.source), field, f"no such file: {path}")
+    return str(path)
 
 
 def _first_line(path: Path) -> str:

@@ -55,6 +55,7 @@ class GrpcUplink:
         self.stats = UplinkStats()
         self.status_source: StatusSource | None = None  # set by the runtime
         self.status_interval_s = 5.0
+        self.batch_limit = config.max_blocks_per_batch  # halved if the gateway says too large
         self._backoff = Backoff(initial_s=config.reconnect_initial_s,
                                 max_s=config.reconnect_max_s)
 
@@ -115,10 +116,11 @@ class GrpcUplink:
                                       name="uplink-send")
                     group.create_task(self._receive(call, in_flight), name="uplink-receive")
                     group.create_task(self._report_status(call, writing), name="uplink-status")
-            except* UplinkError as group_error:
-                raise group_error.exceptions[0] from None
-            except* grpc.aio.AioRpcError as group_error:
-                raise group_error.exceptions[0] from None
+            except* (UplinkError, grpc.aio.AioRpcError, asyncio.InvalidStateError) as group_error:
+                first = group_error.exceptions[0]
+                if isinstance(first, asyncio.InvalidStateError):
+                    raise UplinkError("the stream ended while writing") from None
+                raise first from None
             finally:
                 call.cancel()
 
@@ -172,7 +174,7 @@ class GrpcUplink:
     ) -> None:
         while True:
             await in_flight.acquire()
-            blocks = self.buffer.read_from(next_sequence, self.config.max_blocks_per_batch)
+            blocks = self.buffer.read_from(next_sequence, self.batch_limit)
             if not blocks:
                 in_flight.release()
                 self.wakeup.clear()
@@ -202,6 +204,10 @@ class GrpcUplink:
             in_flight.release()
             if ack.rejections:
                 for rejection in ack.rejections:
+                    if rejection.reason == "batch_too_large" and self.batch_limit > 1:
+                        self.batch_limit = max(1, self.batch_limit // 2)
+                        log.warning("the gateway takes smaller batches; sending at most %d "
+                                    "blocks per batch", self.batch_limit)
                     self.stats.rejections += 1
                     reasons = self.stats.rejection_reasons
                     reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1

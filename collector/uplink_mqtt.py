@@ -61,6 +61,7 @@ class MqttUplink:
         self.stats = UplinkStats()
         self.status_source: StatusSource | None = None  # set by the runtime
         self.status_interval_s = 5.0
+        self.batch_limit = config.max_blocks_per_message  # halved if the gateway says too large
         self.blocks_topic = f"{config.topic_prefix}/{collector_id}/blocks"
         self.acks_topic = f"{config.topic_prefix}/{collector_id}/acks"
         self._backoff = Backoff(initial_s=config.reconnect_initial_s, max_s=config.reconnect_max_s)
@@ -149,8 +150,7 @@ class MqttUplink:
                 self._restart_from_acknowledged()
             blocks = []
             if len(self._in_flight) < self.config.max_messages_in_flight:
-                blocks = self.buffer.read_from(self._next_sequence,
-                                               self.config.max_blocks_per_message)
+                blocks = self.buffer.read_from(self._next_sequence, self.batch_limit)
             if not blocks:
                 await self._wait_for_work()
                 continue
@@ -216,6 +216,10 @@ class MqttUplink:
         self.acked.set()
         self._ack_arrived.set()
         for rejection in ack.rejections:
+            if rejection.reason == "batch_too_large" and self.batch_limit > 1:
+                self.batch_limit = max(1, self.batch_limit // 2)
+                log.warning("the gateway takes smaller messages; sending at most %d blocks per "
+                            "message", self.batch_limit)
             self.stats.rejections += 1
             reasons = self.stats.rejection_reasons
             reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1

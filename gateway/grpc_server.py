@@ -14,7 +14,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from gateway.errors import LedgerError
+from gateway.errors import GatewayError, LedgerError
 from gateway.ingest import IngestCore, Refusal
 from proto.chain import ChainHead
 from proto.stackline.v1 import stackline_pb2 as pb
@@ -71,9 +71,11 @@ class GrpcIngestServer:
             "Stream": grpc.stream_stream_rpc_method_handler(self._stream),
         })
         server.add_generic_rpc_handlers((handler,))
-        self.port = server.add_insecure_port(self.address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.address}")
+        try:
+            self.port = server.add_insecure_port(self.address)
+        except RuntimeError as exc:
+            raise GatewayError(f"cannot listen for gRPC on {self.address}: is another gateway "
+                               "running there? Change listen.grpc or stop the other one") from exc
         await server.start()
         self._server = server
         log.info("gRPC ingest listening on %s (plaintext)", self.address.rsplit(":", 1)[0]

@@ -11,6 +11,7 @@ task per collector, so different collectors proceed in parallel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
@@ -32,6 +33,7 @@ __all__ = ["MqttIngest"]
 log = logging.getLogger(__name__)
 
 TRANSPORT = "mqtt"
+MAX_QUEUED_INCOMING = 10_000
 COLLECTOR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -62,6 +64,7 @@ class MqttIngest:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self.connected = asyncio.Event()
         self.messages = 0
+        self.dropped = 0
 
     def __repr__(self) -> str:
         return (f"MqttIngest(broker={self.config.host}:{self.config.port}, "
@@ -84,6 +87,8 @@ class MqttIngest:
                     message = str(exc)
                 except OSError as exc:
                     message = f"network error: {exc}"
+                except LedgerError as exc:
+                    message = f"ledger failure: {exc}"
                 self.connected.clear()
                 if message != last_error:
                     log.warning("MQTT ingest from %s:%d: %s; reconnecting with backoff",
@@ -101,6 +106,9 @@ class MqttIngest:
             username=self.config.username, password=self.credentials.password,
             protocol=aiomqtt.ProtocolVersion.V5, keepalive=self.config.keepalive_s,
             tls_context=tls,
+            # bounded: past this, paho drops incoming messages it has already PUBACKed; the
+            # collectors resend them after their ack timeout (only the gateway's ack counts)
+            max_queued_incoming_messages=MAX_QUEUED_INCOMING,
         ) as client:
             await client.subscribe(self.subscription, qos=1)
             self.connected.set()
@@ -128,13 +136,22 @@ class MqttIngest:
             return
         collector_id = match.group(1)
         queue = self._queues.get(collector_id)
-        if queue is None:
+        worker = self._workers.get(collector_id)
+        if queue is None or worker is None or worker.done():
             queue = asyncio.Queue(maxsize=self.config.max_queued_per_collector)
             self._queues[collector_id] = queue
             self._workers[collector_id] = asyncio.create_task(
                 self._work(client, collector_id, queue), name=f"mqtt-{collector_id}")
-        # a full queue holds up reading from the broker: back-pressure, not a drop
-        await queue.put(payload)
+        try:
+            queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            # One collector's backlog must not hold up the others. Nothing of this message was
+            # acknowledged, so the collector sends it again after its ack timeout.
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("collector %s has %d messages waiting here; dropped one for it to "
+                            "resend (%d dropped so far)", collector_id, queue.qsize(),
+                            self.dropped)
 
     async def _work(self, client: aiomqtt.Client, collector_id: str,
                     queue: asyncio.Queue[bytes]) -> None:
@@ -149,12 +166,25 @@ class MqttIngest:
                 log.exception("ledger failure while handling a message of collector %s",
                               collector_id)
                 continue
+            except Exception:
+                # a defect met by one message must not stop this collector's worker (and with
+                # it, through the queue, everyone): keep the evidence and go on
+                log.exception("ALARM: unexpected failure on a message of collector %s; it is "
+                              "quarantined and not acknowledged", collector_id)
+                await self._keep_as_evidence(collector_id, payload, peer)
+                continue
             if answer is not None:
                 try:
                     await client.publish(topic, answer, qos=1)
                 except aiomqtt.MqttError as exc:
                     log.warning("could not publish the ack for %s (%s); it will resend",
                                 collector_id, exc)
+
+    async def _keep_as_evidence(self, collector_id: str, payload: bytes, peer: str) -> None:
+        with contextlib.suppress(LedgerError):
+            await self.core.refuse(raw=payload, collector_id=collector_id, transport=TRANSPORT,
+                                   peer=peer, refusal=Refusal(0, "internal_error",
+                                   "the gateway failed on this message; see its log"))
 
     async def _handle(self, collector_id: str, payload: bytes, peer: str) -> bytes | None:
         request = pb.IngestRequest()

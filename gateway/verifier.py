@@ -11,8 +11,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.ledger.base import CollectorKey, Ledger, StoredRow
+from gateway.ledger.base import CollectorKey, CollectorOverview, Ledger, StoredRow
 from proto.errors import UnacceptableKeyError, VerificationError
+from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import GENESIS_HASH, Verifier, decode_block
 
 __all__ = ["ChainAudit", "CollectorAudit", "Finding", "VerifyReport", "render_text", "verify_ledger"]
@@ -48,6 +49,7 @@ class VerifyReport:
 
     collectors: dict[str, CollectorAudit] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
     quarantined: int = 0
 
     def total(self, name: str) -> int:
@@ -82,6 +84,10 @@ class VerifyReport:
                 {"collector_id": f.collector_id, "sequence": f.sequence, "problem": f.problem,
                  "detail": f.detail} for f in self.findings
             ],
+            "warnings": [
+                {"collector_id": f.collector_id, "sequence": f.sequence, "problem": f.problem,
+                 "detail": f.detail} for f in self.warnings
+            ],
         }
 
 
@@ -99,6 +105,7 @@ class ChainAudit:
         self._collector = ""
         self._expected = 1
         self._previous_hash = GENESIS_HASH
+        self._announced: set[bytes] = set()
 
     def __repr__(self) -> str:
         return f"ChainAudit(collectors={len(self.report.collectors)})"
@@ -112,6 +119,7 @@ class ChainAudit:
             self._collector = row.collector_id
             self._expected = 1
             self._previous_hash = GENESIS_HASH
+            self._announced = set()
         audit = self.report.collectors.setdefault(row.collector_id, CollectorAudit())
         audit.blocks += 1
         if audit.first_sequence == 0:
@@ -134,6 +142,7 @@ class ChainAudit:
             block = None
         if block is not None:
             audit.readings += len(block.readings)
+            self._check_config(row, block)
             if block.sequence != row.sequence or block.collector_id != row.collector_id:
                 audit.broken_links += 1
                 self._find(row, "mislabelled",
@@ -148,6 +157,33 @@ class ChainAudit:
                            f"({self._previous_hash.hex()[:16]})")
         self._expected = row.sequence + 1
         self._previous_hash = actual_hash
+
+    def _check_config(self, row: StoredRow, block: pb.Block) -> None:
+        """A configuration block must carry the document its digest names; readings should only
+        follow a configuration the chain has recorded (a scaling change is then visible)."""
+        if block.kind == pb.BLOCK_KIND_CONFIG:
+            if hashlib.sha256(block.config_document).digest() != block.config_digest:
+                self._find(row, "config_digest_mismatch",
+                           "config_digest is not SHA-256 of the configuration document it carries")
+            else:
+                self._announced.add(bytes(block.config_digest))
+        elif block.config_digest not in self._announced:
+            self._announced.add(bytes(block.config_digest))  # warn once per configuration
+            self.report.warnings.append(Finding(
+                row.collector_id, row.sequence, "unannounced_config",
+                f"readings under configuration {block.config_digest.hex()[:16]}, which no "
+                "earlier block of this chain records"))
+
+    def check_heads(self, overview: dict[str, CollectorOverview]) -> None:
+        """Blocks removed from the end of a chain (or a whole chain) leave no gap to see: compare
+        what is stored with each collector's recorded chain head."""
+        for collector_id, entry in sorted(overview.items()):
+            audit = self.report.collectors.get(collector_id)
+            stored = audit.last_sequence if audit else 0
+            if entry.sequence > stored:
+                self.report.findings.append(Finding(
+                    collector_id, stored + 1, "truncated",
+                    f"the chain head is {entry.sequence} but the stored blocks end at {stored}"))
 
     def _check_signature(self, row: StoredRow, audit: CollectorAudit) -> bool:
         verifier = self._verifiers.get((row.collector_id, row.key_id))
@@ -170,6 +206,10 @@ async def verify_ledger(ledger: Ledger, *, collector_id: str | None = None) -> V
     audit = ChainAudit(keys=await ledger.collector_keys())
     async for row in ledger.iter_blocks(collector_id):
         audit.feed(row)
+    overview = await ledger.collectors_overview()
+    if collector_id is not None:
+        overview = {k: v for k, v in overview.items() if k == collector_id}
+    audit.check_heads(overview)
     counts = await ledger.quarantine_counts()
     audit.report.quarantined = sum(counts.values())
     return audit.report
@@ -196,6 +236,9 @@ def render_text(report: VerifyReport, *, max_findings: int = 50) -> str:
     for finding in report.findings[:max_findings]:
         lines.append(f"FAIL  {finding.collector_id} block {finding.sequence}: {finding.problem}: "
                      f"{finding.detail}")
+    for warning in report.warnings[:max_findings]:
+        lines.append(f"WARN  {warning.collector_id} block {warning.sequence}: {warning.problem}: "
+                     f"{warning.detail}")
     if len(report.findings) > max_findings:
         lines.append(f"... and {len(report.findings) - max_findings} more (use --json for all)")
     if report.quarantined:

@@ -45,6 +45,7 @@ GENESIS_HASH = bytes(32)
 HASH_BYTES = 32
 SIGNATURE_BYTES = 64
 PUBLIC_KEY_BYTES = 32
+MAX_SEQUENCE = 2**63 - 1  # what every ledger's signed 64-bit integer column holds
 
 
 def block_hash(payload: bytes) -> bytes:
@@ -96,8 +97,8 @@ class BlockDraft:
 
 def encode_block(draft: BlockDraft, *, sequence: int, previous_hash: bytes) -> bytes:
     """Serialize a block once; these bytes are what gets signed, sent, stored and verified."""
-    if sequence < 1:
-        raise ValueError("sequence numbers start at 1")
+    if not 1 <= sequence <= MAX_SEQUENCE:
+        raise ValueError(f"sequence numbers run from 1 to {MAX_SEQUENCE}")
     if len(previous_hash) != HASH_BYTES:
         raise ValueError("previous_hash must be 32 bytes")
     block = pb.Block(
@@ -129,8 +130,9 @@ def decode_block(payload: bytes) -> pb.Block:
         block.ParseFromString(payload)
     except DecodeError as exc:
         raise VerificationError("malformed_block", f"payload is not a stackline.v1.Block: {exc}") from exc
-    if block.sequence < 1:
-        raise VerificationError("malformed_block", "sequence must be 1 or more")
+    if not 1 <= block.sequence <= MAX_SEQUENCE:
+        raise VerificationError("malformed_block",
+                                f"sequence must be between 1 and {MAX_SEQUENCE}")
     if len(block.previous_hash) != HASH_BYTES:
         raise VerificationError(
             "malformed_block", f"previous_hash is {len(block.previous_hash)} bytes, not 32"

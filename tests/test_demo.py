@@ -20,7 +20,9 @@ def test_demo_for_twenty_seconds(tmp_path: Path) -> None:
     result = run_stackline("demo", "--duration", "20", "--data-dir", str(data_dir), timeout_s=120)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert lines[3].split() == ["t", "blocks", "readings", "lag", "quarantined"]
+    assert ["t", "blocks", "readings", "lag", "quarantined"] in [line.split() for line in lines]
+    assert any(line.startswith("operator view:  stackline status --gateway http://127.0.0.1:")
+               for line in lines)
     assert "OK" in result.stdout
 
     ledger = data_dir / "ledger.sqlite"

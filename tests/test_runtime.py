@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
 import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nacl.signing
 import pytest
+import yaml
 
 from collector.buffer import MemoryBuffer
 from collector.config import LoadedPlant, load_plant
@@ -19,7 +23,7 @@ from collector.runtime import CollectorRuntime
 from collector.simulator import PlantSimulator, point_value, status_word
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import Signer, Verifier, block_hash, decode_block
-from tests.conftest import DEMO_PLANT
+from tests.conftest import DEMO_PLANT, wait_for
 from tests.support import write_plant
 
 # An instant outside the demo CEMS rack's calibration window (checked below).
@@ -55,6 +59,10 @@ async def _serve(plant: LoadedPlant, clock: float) -> AsyncIterator[PlantSimulat
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def _last_block(buffer: MemoryBuffer) -> pb.Block:
+    return decode_block(pb.SignedBlock.FromString(buffer.read_from(1, 100)[-1][1]).payload)
 
 
 def _runtime(plant: LoadedPlant, buffer: MemoryBuffer, signer: Signer) -> CollectorRuntime:
@@ -119,7 +127,7 @@ async def test_calibration_window_flags_the_cems_points(tmp_path: Path, signer: 
     async for _ in _serve(plant, float(calibrating)):
         await runtime.tick(calibrating * 1000)
         await runtime.source.close()
-    block = decode_block(pb.SignedBlock.FromString(buffer.read_from(1, 1)[0][1]).payload)
+    block = _last_block(buffer)  # block 1 records the configuration
     flags = {r.point_id: r.quality for r in block.readings}
     assert flags["demo-plant/cems-1/so2"] == pb.QUALITY_CALIBRATION
     assert flags["demo-plant/cems-1/status"] == pb.QUALITY_NORMAL
@@ -133,7 +141,7 @@ async def test_a_dead_device_still_yields_flagged_readings(tmp_path: Path, signe
     async for _ in _serve(plant.model_copy(update={"devices": plant.devices[:3]}), FIXED_T):
         assert await runtime.tick(1_795_000_100_000)
         await runtime.source.close()
-    block = decode_block(pb.SignedBlock.FromString(buffer.read_from(1, 1)[0][1]).payload)
+    block = _last_block(buffer)  # block 1 records the configuration
     dead = [r for r in block.readings if r.point_id.startswith("demo-plant/cems-dead/")]
     alive = [r for r in block.readings if r.point_id.startswith("demo-plant/cems-1/")]
     assert len(dead) == len(alive) == 10  # absence is recorded, point by point
@@ -163,3 +171,81 @@ async def test_a_full_buffer_alarms_and_keeps_what_it_holds(
         assert await runtime.tick(1_795_000_103_000)
         await runtime.source.close()
     assert [seq for seq, _ in buffer.read_from(1, 10)] == [2, 3]
+
+
+async def _silent_device() -> tuple[asyncio.Server, int]:
+    """A TCP server that accepts Modbus connections and never answers."""
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the collector gives up and closes
+        writer.close()
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def test_a_silent_device_does_not_hold_up_the_tick(tmp_path: Path, signer: Signer) -> None:
+    server, port = await _silent_device()
+    path = write_plant(tmp_path, grpc_port=1, dead_device=True)
+    plant_yaml = yaml.safe_load(path.read_text())
+    plant_yaml["devices"][-1]["tcp"]["port"] = port
+    plant_yaml["devices"][-1]["timeout_ms"] = 5000  # longer than the tick on purpose
+    path.write_text(yaml.safe_dump(plant_yaml))
+    plant = load_plant(path)
+    buffer = MemoryBuffer()
+    runtime = CollectorRuntime(plan=compile_plan(plant), signer=signer, buffer=buffer,
+                               source=ModbusTcpSource(), tick_ms=500, clock=lambda: FIXED_T)
+    async with server:
+        async for _ in _serve(plant.model_copy(update={"devices": plant.devices[:3]}), FIXED_T):
+            started = time.monotonic()
+            assert await runtime.tick(1_795_000_100_000)
+            took = time.monotonic() - started
+            await runtime.source.close()
+    assert took < 0.5, f"the tick took {took:.2f} s: the silent device held it up"
+    block = _last_block(buffer)  # block 1 records the configuration
+    silent = [r for r in block.readings if r.point_id.startswith("demo-plant/cems-dead/")]
+    assert silent and all(r.quality == pb.QUALITY_COMM_LOSS for r in silent)
+    assert all(r.quality == pb.QUALITY_NORMAL for r in block.readings
+               if r.point_id.startswith("demo-plant/feeder-1a/"))
+    assert runtime.devices["cems-dead"].failures_by_kind == {"timeout": 1}
+
+
+async def test_readings_wait_for_their_configuration_to_be_recorded(
+        tmp_path: Path, signer: Signer) -> None:
+    plant = load_plant(write_plant(tmp_path, grpc_port=1))
+    buffer = MemoryBuffer(max_bytes=100)  # too small for any block: a full buffer
+    runtime = _runtime(plant, buffer, signer)
+    async for _ in _serve(plant, FIXED_T):
+        assert not runtime.record_config_if_changed()
+        assert not await runtime.tick(1_795_000_100_000), "no readings under an unrecorded config"
+        assert buffer.chain_state().sequence == 0
+        buffer.max_bytes = 1 << 20
+        assert await runtime.tick(1_795_000_101_000)
+        await runtime.source.close()
+    kinds = [decode_block(pb.SignedBlock.FromString(env).payload).kind
+             for _, env in buffer.read_from(1, 10)]
+    assert kinds == [pb.BLOCK_KIND_CONFIG, pb.BLOCK_KIND_READINGS]
+
+
+async def test_a_clock_stepping_back_realigns_the_ticks(
+        tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture) -> None:
+    plant = load_plant(write_plant(tmp_path, grpc_port=1))
+    offset = [0.0]
+    buffer = MemoryBuffer()
+    runtime = CollectorRuntime(plan=compile_plan(plant), signer=signer, buffer=buffer,
+                               source=ModbusTcpSource(), tick_ms=100,
+                               clock=lambda: time.time() + offset[0])
+    async for _ in _serve(plant, FIXED_T):
+        ticker = asyncio.create_task(runtime._ticker())
+
+        async def ticks(count: int) -> bool:
+            return runtime.stats.ticks >= count
+        await wait_for(functools.partial(ticks, 3), timeout_s=5, what="three ticks")
+        offset[0] = -600.0  # NTP steps the clock back ten minutes
+        before = runtime.stats.ticks
+        await wait_for(functools.partial(ticks, before + 3), timeout_s=5,
+                       what="ticks going on after the clock stepped back")
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await runtime.source.close()
+    assert any("ALARM: the clock went back" in r.message for r in caplog.records)

@@ -4,6 +4,7 @@ link is named by collector and sequence, with a non-zero exit."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -132,3 +133,43 @@ def test_missing_ledger_is_a_clear_error(tmp_path: Path) -> None:
     result = run_stackline("verify", "--ledger", str(tmp_path / "nope.sqlite"))
     assert result.returncode == 2
     assert "no ledger at" in result.stderr
+
+
+def test_blocks_cut_from_the_end_of_a_chain_are_named(ledger_path: Path) -> None:
+    _tamper(ledger_path, "DELETE FROM blocks WHERE collector_id = 'plant-a-c1' AND sequence > 9")
+    result = run_stackline("verify", "--ledger", str(ledger_path), "--json")
+    assert result.returncode == 1
+    findings = json.loads(result.stdout)["findings"]
+    assert [(f["collector_id"], f["sequence"], f["problem"]) for f in findings] == [
+        ("plant-a-c1", 10, "truncated")]
+
+
+def test_readings_under_an_unrecorded_configuration_are_warned_about(ledger_path: Path) -> None:
+    # the fixture's chains never record their configuration in a configuration block
+    report = json.loads(run_stackline("verify", "--ledger", str(ledger_path), "--json").stdout)
+    assert report["ok"] is True
+    assert {(w["collector_id"], w["sequence"], w["problem"]) for w in report["warnings"]} == {
+        ("plant-a-c1", 1, "unannounced_config"), ("plant-b-c1", 1, "unannounced_config")}
+
+
+def test_a_configuration_block_must_match_its_digest(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    signer = Signer(signing_key=nacl.signing.SigningKey.generate())
+    document = b'{"format":"stackline.config/v1","tick_ms":1000}'
+    honest = hashlib.sha256(document).digest()
+    lying = BlockDraft("plant-c-c1", 0, 0, [], honest, kind=pb.BLOCK_KIND_CONFIG,
+                       config_document=document.replace(b"1000", b"2000"))
+    envelope = signer.envelope(encode_block(lying, sequence=1, previous_hash=GENESIS_HASH))
+
+    async def build() -> None:
+        ledger = SqliteLedger(path=path)
+        await enroll_collector(ledger, collector_id="plant-c-c1", public_key=signer.public_key)
+        outcome = await IngestCore(ledger=ledger).ingest(
+            collector_id="plant-c-c1", envelopes=[envelope], transport="test", peer="test")
+        assert outcome.head.sequence == 1
+        await ledger.close()
+
+    asyncio.run(build())
+    result = run_stackline("verify", "--ledger", str(path))
+    assert result.returncode == 1
+    assert "plant-c-c1 block 1: config_digest_mismatch" in result.stdout

@@ -226,7 +226,7 @@ _readings = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(
     collector_id=_identifiers,
-    sequence=st.integers(min_value=1, max_value=2**64 - 1),
+    sequence=st.integers(min_value=1, max_value=2**63 - 1),
     previous_hash=st.binary(min_size=32, max_size=32),
     readings=_readings,
     digest=st.binary(min_size=32, max_size=32),
@@ -644,3 +644,10 @@ def test_the_drift_check_fails_on_a_schema_change_and_regeneration_fixes_it(prot
     assert proto.codegen.main([]) == 0
     assert proto.codegen.main(["--check"]) == 0
     assert "note" in (proto_copy / "stackline_pb2.pyi").read_text()
+
+
+def test_a_sequence_past_a_signed_64_bit_integer_is_malformed() -> None:
+    block = pb.Block(collector_id="c1", sequence=2**63, previous_hash=bytes(32))
+    with pytest.raises(VerificationError) as refused:
+        decode_block(block.SerializeToString())
+    assert refused.value.reason == "malformed_block"
