@@ -18,6 +18,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from collector.config import RegisterType
 from collector.errors import DeviceConnectionLost, DeviceError, DeviceException, DeviceTimeout
 from collector.plan import DevicePlan, ReadRequest
+from proto.backoff import raise_if_cancelled
 
 __all__ = ["DeviceSource", "LinkState", "ModbusTcpSource", "PollResult"]
 
@@ -122,14 +123,17 @@ class ModbusTcpSource:
                 device.device_id, f"no answer within {device.timeout_ms} ms to {_describe(request)}"
             ) from exc
         except ConnectionException as exc:
+            raise_if_cancelled(exc)
             client.close()
             endpoint.state = LinkState.FAILED
             raise DeviceConnectionLost(device.device_id, f"connection lost: {exc}") from exc
         except ModbusIOException as exc:
+            raise_if_cancelled(exc)
             client.close()
             endpoint.state = LinkState.DISCONNECTED
             raise DeviceTimeout(device.device_id, f"{_describe(request)} failed: {exc}") from exc
         except ModbusException as exc:
+            raise_if_cancelled(exc)
             client.close()
             endpoint.state = LinkState.FAILED
             raise DeviceConnectionLost(device.device_id, f"{_describe(request)}: {exc}") from exc

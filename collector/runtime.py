@@ -36,6 +36,7 @@ from collector.plan import DevicePlan, ReadPlan, compile_plan
 from collector.uplink import Uplink
 from collector.uplink_grpc import GrpcUplink
 from collector.uplink_mqtt import MqttUplink
+from proto.backoff import raise_if_cancelled
 from proto.credentials import BrokerCredentials, read_secret
 from proto.http_endpoint import HttpEndpoint, Response
 from proto.keys import load_signing_key
@@ -332,7 +333,8 @@ class CollectorRuntime:
         while True:
             try:
                 await uplink.run()
-            except Exception:
+            except Exception as exc:
+                raise_if_cancelled(exc)
                 log.exception("ALARM: uplink %r failed unexpectedly; restarting it in %.0f s",
                               uplink, UPLINK_RESTART_S)
             await asyncio.sleep(UPLINK_RESTART_S)

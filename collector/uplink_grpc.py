@@ -19,7 +19,7 @@ from collector.buffer import Buffer
 from collector.config import GrpcUplinkConfig
 from collector.errors import UplinkError
 from collector.uplink import StatusSource, UplinkState, UplinkStats
-from proto.backoff import Backoff
+from proto.backoff import Backoff, cancel_count, forget_group_cancel, raise_if_cancelled
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.stackline.v1 import stackline_pb2_grpc as pb_grpc
 
@@ -70,8 +70,10 @@ class GrpcUplink:
                 try:
                     await self._session()
                 except UplinkError as exc:
+                    raise_if_cancelled(exc)
                     self._failed(str(exc))
                 except grpc.aio.AioRpcError as exc:
+                    raise_if_cancelled(exc)
                     self._failed(f"gRPC {exc.code().name}: {exc.details()}")
                 self.state = UplinkState.BACKOFF
                 await asyncio.sleep(self._backoff.next_delay())
@@ -110,6 +112,7 @@ class GrpcUplink:
             log.info("uplink to %s streaming from sequence %d", self.config.target, resume_from)
             in_flight = asyncio.Semaphore(self.config.max_batches_in_flight)
             writing = asyncio.Lock()  # a stream takes one write at a time
+            before = cancel_count()
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._send(call, resume_from, in_flight, writing),
@@ -117,6 +120,7 @@ class GrpcUplink:
                     group.create_task(self._receive(call, in_flight), name="uplink-receive")
                     group.create_task(self._report_status(call, writing), name="uplink-status")
             except* (UplinkError, grpc.aio.AioRpcError, asyncio.InvalidStateError) as group_error:
+                forget_group_cancel(before)
                 first = group_error.exceptions[0]
                 if isinstance(first, asyncio.InvalidStateError):
                     raise UplinkError("the stream ended while writing") from None

@@ -25,7 +25,13 @@ from collector.buffer import Buffer
 from collector.config import MqttUplinkConfig
 from collector.errors import UplinkError
 from collector.uplink import StatusSource, UplinkState, UplinkStats
-from proto.backoff import Backoff
+from proto.backoff import (
+    Backoff,
+    cancel_count,
+    check_cancelled,
+    forget_group_cancel,
+    raise_if_cancelled,
+)
 from proto.credentials import BrokerCredentials
 from proto.stackline.v1 import stackline_pb2 as pb
 
@@ -87,8 +93,10 @@ class MqttUplink:
                 try:
                     await self._session()
                 except (aiomqtt.MqttError, UplinkError) as exc:
+                    raise_if_cancelled(exc)
                     self._failed(str(exc))
                 except OSError as exc:
+                    raise_if_cancelled(exc)
                     self._failed(f"network error: {exc}")
                 self.state = UplinkState.BACKOFF
                 await asyncio.sleep(self._backoff.next_delay())
@@ -120,12 +128,14 @@ class MqttUplink:
             await client.publish(self.blocks_topic, hello.SerializeToString(), qos=1)
             log.info("MQTT uplink connected to %s:%d, sending from sequence %d",
                      self.config.host, self.config.port, self._next_sequence)
+            before = cancel_count()
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._send(client), name="mqtt-send")
                     group.create_task(self._receive(client), name="mqtt-receive")
                     group.create_task(self._report_status(client), name="mqtt-status")
             except* (aiomqtt.MqttError, UplinkError, OSError) as group_error:
+                forget_group_cancel(before)
                 raise group_error.exceptions[0] from None
 
     async def _report_status(self, client: aiomqtt.Client) -> None:
@@ -134,6 +144,7 @@ class MqttUplink:
         while True:
             status = pb.IngestRequest(status=self.status_source())
             await client.publish(self.blocks_topic, status.SerializeToString(), qos=1)
+            check_cancelled()
             await asyncio.sleep(self.status_interval_s)
 
     def _restart_from_acknowledged(self) -> None:
@@ -161,6 +172,7 @@ class MqttUplink:
                 self._progress_at = time.monotonic()
             await client.publish(self.blocks_topic,
                                  pb.IngestRequest(batch=batch).SerializeToString(), qos=1)
+            check_cancelled()
             self._in_flight.append(blocks[-1][0])
             self._next_sequence = blocks[-1][0] + 1
             self.stats.batches_sent += 1
@@ -182,6 +194,7 @@ class MqttUplink:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            check_cancelled()
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
                 continue

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from gateway.config import MqttSection
 from gateway.errors import LedgerError
 from gateway.ingest import IngestCore, Refusal
-from proto.backoff import Backoff
+from proto.backoff import Backoff, check_cancelled, raise_if_cancelled
 from proto.chain import ChainHead
 from proto.credentials import BrokerCredentials
 from proto.stackline.v1 import stackline_pb2 as pb
@@ -84,10 +84,13 @@ class MqttIngest:
                 try:
                     await self._session(tls)
                 except aiomqtt.MqttError as exc:
+                    raise_if_cancelled(exc)
                     message = str(exc)
                 except OSError as exc:
+                    raise_if_cancelled(exc)
                     message = f"network error: {exc}"
                 except LedgerError as exc:
+                    raise_if_cancelled(exc)
                     message = f"ledger failure: {exc}"
                 self.connected.clear()
                 if message != last_error:
@@ -166,7 +169,8 @@ class MqttIngest:
                 log.exception("ledger failure while handling a message of collector %s",
                               collector_id)
                 continue
-            except Exception:
+            except Exception as exc:
+                raise_if_cancelled(exc)
                 # a defect met by one message must not stop this collector's worker (and with
                 # it, through the queue, everyone): keep the evidence and go on
                 log.exception("ALARM: unexpected failure on a message of collector %s; it is "
@@ -176,7 +180,9 @@ class MqttIngest:
             if answer is not None:
                 try:
                     await client.publish(topic, answer, qos=1)
+                    check_cancelled()
                 except aiomqtt.MqttError as exc:
+                    raise_if_cancelled(exc)
                     log.warning("could not publish the ack for %s (%s); it will resend",
                                 collector_id, exc)
 
