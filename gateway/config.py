@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gateway.errors import ConfigError
 
 __all__ = [
-    "GatewayConfig", "LoadedGatewayConfig", "MqttSection", "MqttTlsSection", "load_gateway_config",
+    "GatewayConfig", "LoadedGatewayConfig", "MqttSection", "MqttTlsSection", "TimeseriesSection",
+    "load_gateway_config",
 ]
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -106,6 +107,49 @@ class HttpSection(_Strict):
                         description="host:port (port 0 picks a free one)")
 
 
+class TimeseriesSection(_Strict):
+    """The time-series store the sink feeds through the InfluxDB v2 write API (InfluxDB 2.x, the
+    v2-compatible endpoint of InfluxDB 3, VictoriaMetrics)."""
+
+    url: str = Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+                     description="base URL: https://influx.example:8086, or http://127.0.0.1:8428 "
+                     "for VictoriaMetrics (with insecure: true)")
+    org: str | None = Field(default=None, min_length=1,
+                            description="InfluxDB 2.x organization; ignored by InfluxDB 3 and "
+                            "VictoriaMetrics")
+    bucket: str = Field(default="stackline", min_length=1,
+                        description="InfluxDB 2.x bucket, the database of InfluxDB 3; ignored by "
+                        "VictoriaMetrics")
+    token_file: str | None = Field(default=None, min_length=1,
+                                   description="file whose first line is the API token (none for "
+                                   "a store without authentication)")
+    ca_file: str | None = Field(default=None, min_length=1,
+                                description="CA certificate(s) that sign the store's certificate")
+    insecure: bool = Field(default=False, description="true to write to an http:// URL, on purpose")
+    batch_lines: int = Field(default=5000, ge=1, le=100_000, description="lines per write request")
+    cursor: Identifier = Field(default="timeseries",
+                               description="name of the sink's cursor in the ledger; two stores fed "
+                               "from one ledger need two names")
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    retry_max_s: float = Field(default=30.0, gt=0, le=3600,
+                               description="longest wait between attempts while the store is down")
+    replay_window_s: float = Field(default=30.0, ge=0, le=3600,
+                                   description="after an outage, send again what the store "
+                                   "acknowledged in this many seconds before it")
+
+    @model_validator(mode="after")
+    def _tls_or_insecure(self) -> TimeseriesSection:
+        plaintext = self.url.startswith("http://")
+        if plaintext and not self.insecure:
+            raise ValueError("url is http://: use https://, or set insecure: true to send readings "
+                             "(and the token, if any) in plaintext on purpose")
+        if not plaintext and self.insecure:
+            raise ValueError("insecure: true contradicts an https:// url")
+        if plaintext and self.ca_file is not None:
+            raise ValueError("ca_file needs an https:// url")
+        return self
+
+
 class LimitsSection(_Strict):
     """Bounds on what one peer may send."""
 
@@ -122,6 +166,7 @@ class GatewayConfig(_Strict):
     http: HttpSection | None = None
     ledger: LedgerSection = LedgerSection()
     limits: LimitsSection = LimitsSection()
+    timeseries: TimeseriesSection | None = None
 
     @model_validator(mode="after")
     def _some_transport(self) -> GatewayConfig:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "EnrolmentError", "GatewayError", "LedgerError", "RetryableLedgerError"]
+__all__ = [
+    "ConfigError", "EnrolmentError", "GatewayError", "LedgerError", "RetryableLedgerError",
+    "TimeSeriesError", "TimeSeriesRejected", "TimeSeriesUnavailable",
+]
 
 
 class GatewayError(Exception):
@@ -32,3 +35,25 @@ class RetryableLedgerError(LedgerError):
 
 class EnrolmentError(GatewayError):
     """A collector key that cannot be enrolled."""
+
+
+class TimeSeriesError(GatewayError):
+    """The time-series store did not take a write."""
+
+
+class TimeSeriesUnavailable(TimeSeriesError):
+    """The store is unreachable, overloaded or refusing our credentials for now: write the same
+    lines again after `retry_after_s` (the server's Retry-After when it sent one)."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TimeSeriesRejected(TimeSeriesError):
+    """The store refused the lines themselves (HTTP `status`, e.g. 400 or 413): sending the same
+    request again gets the same answer."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
 
 from gateway.ledger.base import CollectorKey, Ledger, QuarantineEntry, VerifiedBlock
 from proto.chain import ChainHead, Placement
 from proto.errors import VerificationError
 from proto.stackline.v1 import stackline_pb2 as pb
-from proto.wire import Verifier, block_hash, decode_block
+from proto.wire import MAX_SEQUENCE, Verifier, block_hash, decode_block
 
 __all__ = ["ALARM_REASONS", "IngestCore", "IngestOutcome", "IngestStats", "Refusal",
            "verify_envelope"]
@@ -39,19 +42,30 @@ class Refusal:
     detail: str
 
 
+def _claimed_sequence(payload: bytes) -> int:
+    """The sequence an unverified payload claims (0 if it has none): only to tell the sender
+    which of its blocks was refused; nothing trusts it."""
+    block = pb.Block()
+    try:
+        block.ParseFromString(payload)
+    except DecodeError:
+        return 0
+    return block.sequence if block.sequence <= MAX_SEQUENCE else 0
+
+
 def verify_envelope(
     envelope: pb.SignedBlock, *, collector_id: str, key: CollectorKey, verifier: Verifier
 ) -> VerifiedBlock | Refusal:
     """Check an envelope's key, signature and payload for the collector of the stream."""
     if envelope.key_id != key.key_id:
-        return Refusal(0, "unknown_key",
+        return Refusal(_claimed_sequence(envelope.payload), "unknown_key",
                        f"signed with key {envelope.key_id or '(none)'}, but collector "
                        f"{collector_id} is enrolled with key {key.key_id}")
     try:
         verifier.verify(envelope.payload, envelope.signature)
         block = decode_block(envelope.payload)
     except VerificationError as exc:
-        return Refusal(0, exc.reason, exc.detail)
+        return Refusal(_claimed_sequence(envelope.payload), exc.reason, exc.detail)
     if block.collector_id != collector_id:
         return Refusal(block.sequence, "collector_mismatch",
                        f"block names collector {block.collector_id!r} but arrived for "
@@ -107,6 +121,8 @@ class IngestCore:
         # latest CollectorStatus per collector, with when it arrived (ms)
         self.statuses: dict[str, tuple[pb.CollectorStatus, int]] = {}
         self._keys: dict[str, tuple[CollectorKey, Verifier]] = {}
+        # called with the collector id after new blocks are stored (the time-series sink wakes)
+        self.on_stored: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"IngestCore(ledger={self.ledger!r}, collectors={len(self._keys)})"
@@ -198,6 +214,8 @@ class IngestCore:
                 self.stats.last_stored_unix_ms[collector_id] = _now_ms()
             elif placement is Placement.DUPLICATE:
                 self.stats.duplicates[collector_id] += 1
+        if self.on_stored is not None and Placement.NEXT in appended.placements:
+            self.on_stored(collector_id)
         if appended.refused is not None:
             entry = appended.refused
             self._count_refusal(entry, appended.evidence_kept)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 
 from gateway.config import LoadedGatewayConfig
@@ -18,6 +19,8 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import GatewaySnapshot, status_document
 from gateway.metrics import render as render_metrics
 from gateway.mqtt_ingest import MqttIngest
+from gateway.sink import TimeSeriesSink
+from gateway.tsdb import InfluxWriter
 from proto.credentials import BrokerCredentials, read_secret
 from proto.errors import UnacceptableKeyError
 from proto.http_endpoint import HttpEndpoint, Response
@@ -50,14 +53,13 @@ class GatewayRuntime:
             self.mqtt = MqttIngest(
                 core=self.core, config=mqtt, gateway_id=section.gateway.id,
                 max_blocks_per_batch=section.limits.max_blocks_per_batch,
-                credentials=BrokerCredentials(
-                    password=_secret(config, mqtt.password_file),
-                    ca_file=_path(config, mqtt.tls.ca_file if mqtt.tls else None),
-                    cert_file=_path(config, mqtt.tls.cert_file if mqtt.tls else None),
-                    key_file=_path(config, mqtt.tls.key_file if mqtt.tls else None),
-                ),
+                credentials=_broker_credentials(config),
             )
         self._mqtt_task: asyncio.Task[None] | None = None
+        self.sink = _timeseries_sink(config, self.ledger)
+        if self.sink is not None:
+            self.core.on_stored = self.sink.notify
+        self._sink_task: asyncio.Task[None] | None = None
         self.http: HttpEndpoint | None = None
         if section.http is not None:
             self.http = HttpEndpoint(address=section.http.listen, routes={
@@ -77,12 +79,16 @@ class GatewayRuntime:
         if self.mqtt is not None:
             self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt-ingest")
             self._mqtt_task.add_done_callback(_report_crash)
+        if self.sink is not None:
+            log.info("time-series sink: %r", self.sink.writer)
+            self._sink_task = asyncio.create_task(self.sink.run(), name="timeseries-sink")
+            self._sink_task.add_done_callback(_report_crash)
         if self.http is not None:
             self.http.start(asyncio.get_running_loop())
         return port
 
     def _sink_lag(self) -> dict[str, int] | None:
-        return None
+        return None if self.sink is None else self.sink.lag()
 
     async def _snapshot(self) -> GatewaySnapshot:
         return await GatewaySnapshot.take(gateway_id=self.config.config.gateway.id,
@@ -127,7 +133,37 @@ class GatewayRuntime:
             self._mqtt_task = None
         if self.grpc is not None:
             await self.grpc.stop()
+        if self._sink_task is not None:
+            self._sink_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sink_task
+            self._sink_task = None
+        if self.sink is not None:
+            await self.sink.writer.close()
         await self.ledger.close()
+
+
+def _timeseries_sink(config: LoadedGatewayConfig, ledger: Ledger) -> TimeSeriesSink | None:
+    """The sink of the `timeseries` section, if there is one."""
+    section = config.config.timeseries
+    if section is None:
+        return None
+    token = None
+    if section.token_file is not None:
+        path = config.resolve(section.token_file)
+        try:
+            token = read_secret(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(str(config.source), "timeseries.token_file",
+                              f"cannot read a token from {path}: {exc}") from exc
+    if section.insecure:
+        log.warning("time-series store %s: writing in plaintext (insecure: true)", section.url)
+    writer = InfluxWriter(url=section.url, org=section.org, bucket=section.bucket, token=token,
+                          timeout_s=section.timeout_s,
+                          ca_file=_path(config, section.ca_file, "timeseries.ca_file"))
+    return TimeSeriesSink(ledger=ledger, writer=writer, cursor=section.cursor,
+                          batch_lines=section.batch_lines, retry_max_s=section.retry_max_s,
+                          replay_window_s=section.replay_window_s)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
@@ -135,8 +171,31 @@ def _report_crash(task: asyncio.Task[None]) -> None:
         log.critical("the %s task stopped: %r", task.get_name(), task.exception())
 
 
-def _path(config: LoadedGatewayConfig, relative: str | None) -> str | None:
-    return None if relative is None else str(config.resolve(relative))
+def _path(config: LoadedGatewayConfig, relative: str | None, field: str) -> str | None:
+    if relative is None:
+        return None
+    path = config.resolve(relative)
+    if not path.is_file():
+        raise ConfigError(str(config.source), field, f"no such file: {path}")
+    return str(path)
+
+
+def _broker_credentials(config: LoadedGatewayConfig) -> BrokerCredentials:
+    """The MQTT password and TLS files, checked now so that a wrong path stops the start."""
+    mqtt = config.config.mqtt
+    assert mqtt is not None
+    tls = mqtt.tls
+    credentials = BrokerCredentials(
+        password=_secret(config, mqtt.password_file),
+        ca_file=_path(config, tls.ca_file if tls else None, "mqtt.tls.ca_file"),
+        cert_file=_path(config, tls.cert_file if tls else None, "mqtt.tls.cert_file"),
+        key_file=_path(config, tls.key_file if tls else None, "mqtt.tls.key_file"),
+    )
+    try:
+        credentials.tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(str(config.source), "mqtt.tls", f"the TLS files do not load: {exc}") from exc
+    return credentials
 
 
 def _secret(config: LoadedGatewayConfig, relative: str | None) -> str | None:

@@ -74,3 +74,25 @@ def test_enrolling_a_small_order_key_is_refused(tmp_path: Path) -> None:
                            "--public-key", str(bad))
     assert result.returncode == 2
     assert "small-order" in result.stderr
+
+
+def test_gateway_with_a_missing_tls_file_refuses_to_start(tmp_path: Path) -> None:
+    path = write_gateway(tmp_path, grpc_port=free_port())
+    config = yaml.safe_load(path.read_text())
+    config["mqtt"] = {"host": "127.0.0.1", "port": free_port(), "tls": {"ca_file": "nope/ca.crt"}}
+    path.write_text(yaml.safe_dump(config))
+    result = run_stackline("gateway", "run", "--config", str(path))
+    assert result.returncode == 2
+    assert "gateway.yaml: mqtt.tls.ca_file: no such file" in result.stderr
+
+
+def test_a_busy_grpc_port_is_a_clear_error(tmp_path: Path) -> None:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        path = write_gateway(tmp_path, grpc_port=taken.getsockname()[1])
+        result = run_stackline("gateway", "run", "--config", str(path))
+    assert result.returncode == 2
+    assert "cannot listen for gRPC" in result.stderr

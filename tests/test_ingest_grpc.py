@@ -257,8 +257,9 @@ async def send_block_signed_by_other_keys(gateway: Gateway, session: Session, pl
     for signer in (enrolled_other.signer, outsider):
         forged = plant.block(plant.acked + 1, plant.hash_at(plant.acked), signer=signer)
         ack = await session.send([forged])
+        # the sequence the forged block claims is echoed so the sender knows which block it was
         await assert_refused(gateway, plant, ack, raw=forged.SerializeToString(),
-                             reason="unknown_key", alarm=True, sequence=None)
+                             reason="unknown_key", alarm=True, sequence=plant.acked + 1)
 
 
 async def send_bad_signatures(gateway: Gateway, session: Session, plant: Plant) -> None:
@@ -277,7 +278,7 @@ async def send_bad_signatures(gateway: Gateway, session: Session, plant: Plant) 
     for envelope in (corrupted, borrowed, truncated):
         ack = await session.send([envelope])
         await assert_refused(gateway, plant, ack, raw=envelope.SerializeToString(),
-                             reason="bad_signature", alarm=True, sequence=None)
+                             reason="bad_signature", alarm=True, sequence=plant.acked + 1)
 
 
 async def replay_stored_blocks(gateway: Gateway, session: Session, plant: Plant) -> None:
@@ -454,7 +455,7 @@ async def test_good_blocks_before_a_forged_one_in_a_batch_are_stored(connected: 
         ack = await session.send([*good, forged])
         plant.acked = 5
         await assert_refused(connected.gateway, plant, ack, raw=forged.SerializeToString(),
-                             reason="unknown_key", alarm=True, sequence=None)
+                             reason="unknown_key", alarm=True, sequence=6)
     finally:
         session.close()
 

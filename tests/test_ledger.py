@@ -8,6 +8,7 @@ a fresh Ed25519 key, encoded by `proto.wire` and passed through `gateway.ingest.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -198,6 +199,19 @@ class Collector:
             ],
             config_digest=CONFIG_DIGEST,
         )
+        payload = encode_block(draft, sequence=sequence, previous_hash=previous_hash)
+        result = verify_envelope(self.signer.envelope(payload), collector_id=self.collector_id,
+                                 key=self.key, verifier=self.verifier)
+        assert isinstance(result, VerifiedBlock), result
+        return result
+
+    def config_block(self, sequence: int, previous_hash: bytes, document: bytes) -> VerifiedBlock:
+        """A signed CONFIG block recording `document` (its digest is the document's SHA-256)."""
+        start = BASE_MS + (sequence - 1) * WINDOW_MS
+        draft = BlockDraft(collector_id=self.collector_id, window_start_unix_ms=start,
+                           window_end_unix_ms=start, readings=(),
+                           config_digest=hashlib.sha256(document).digest(),
+                           kind=pb.BLOCK_KIND_CONFIG, config_document=document)
         payload = encode_block(draft, sequence=sequence, previous_hash=previous_hash)
         result = verify_envelope(self.signer.envelope(payload), collector_id=self.collector_id,
                                  key=self.key, verifier=self.verifier)
@@ -669,6 +683,135 @@ async def test_a_read_only_ledger_on_a_missing_store_raises_ledger_error(backend
     finally:
         await reader.close()
     assert not backend.missing_was_created()
+
+
+# --- following the ledger: heads, reading after a sequence, config documents, sink cursors -------------
+
+
+async def test_heads_lists_every_collector_with_stored_blocks(
+        ledger: InspectableLedger, plant_a: Collector, plant_b: Collector) -> None:
+    assert await ledger.heads() == {}
+    a_blocks, b_blocks = plant_a.chain(3), plant_b.chain(2)
+    await append(ledger, a_blocks)
+    await append(ledger, b_blocks)
+    # a collector whose first offered block was refused has no chain yet
+    plant_c = Collector("plant-c")
+    await append(ledger, [plant_c.chain(2)[1]])
+
+    assert await ledger.heads() == {"plant-a": ChainHead(3, a_blocks[2].hash),
+                                    "plant-b": ChainHead(2, b_blocks[1].hash)}
+
+
+async def test_read_blocks_returns_one_collectors_chain_after_a_sequence(
+        ledger: InspectableLedger, plant_a: Collector, plant_b: Collector) -> None:
+    a_blocks, b_blocks = plant_a.chain(5), plant_b.chain(2)
+    await append(ledger, a_blocks[:2])
+    await append(ledger, b_blocks)
+    await append(ledger, a_blocks[2:])
+
+    first = await ledger.read_blocks("plant-a", after_sequence=0, limit=2)
+    rest = await ledger.read_blocks("plant-a", after_sequence=2, limit=100)
+
+    assert positions(first) == expected(a_blocks[:2])
+    assert positions(rest) == expected(a_blocks[2:])
+    assert [(r.hash, r.signature, r.key_id) for r in rest] == [
+        (b.hash, b.signature, b.key_id) for b in a_blocks[2:]]
+    assert await ledger.read_blocks("plant-a", after_sequence=5, limit=100) == []
+    assert positions(await ledger.read_blocks("plant-b", after_sequence=1, limit=1)) == expected(
+        b_blocks[1:])
+    assert await ledger.read_blocks("plant-z", after_sequence=0, limit=100) == []
+
+
+async def test_find_config_returns_the_document_a_digest_names(
+        ledger: InspectableLedger, plant_a: Collector, plant_b: Collector) -> None:
+    first_document = b'{"collector_id":"plant-a","devices":[],"format":"stackline.config/v1"}'
+    second_document = b'{"collector_id":"plant-a","devices":[],"format":"stackline.config/v1","x":1}'
+    chain = [plant_a.config_block(1, GENESIS_HASH, first_document)]
+    chain += plant_a.chain(2, after=chain[-1])
+    chain.append(plant_a.config_block(4, chain[-1].hash, second_document))
+    chain += plant_a.chain(1, after=chain[-1])
+    await append(ledger, chain)
+    await append(ledger, plant_b.chain(1))
+
+    for document in (first_document, second_document):
+        found = await ledger.find_config("plant-a", hashlib.sha256(document).digest())
+        assert found == document
+    assert await ledger.find_config("plant-a", CONFIG_DIGEST) is None  # no CONFIG block has it
+    assert await ledger.find_config("plant-b", hashlib.sha256(first_document).digest()) is None
+    assert await ledger.find_config("plant-z", hashlib.sha256(first_document).digest()) is None
+
+
+async def test_a_sink_cursor_starts_at_zero_and_moves_by_compare_and_set(
+        ledger: InspectableLedger, plant_a: Collector, plant_b: Collector) -> None:
+    await append(ledger, plant_a.chain(6))
+    await append(ledger, plant_b.chain(2))
+    assert await ledger.sink_positions("timeseries") == {}
+
+    assert await ledger.advance_sink("timeseries", "plant-a", from_sequence=0, to_sequence=3)
+    assert await ledger.advance_sink("timeseries", "plant-b", from_sequence=0, to_sequence=2)
+    # a gateway that still believes the cursor is at 0 (another one moved it) changes nothing
+    assert not await ledger.advance_sink("timeseries", "plant-a", from_sequence=0, to_sequence=4)
+    assert not await ledger.advance_sink("timeseries", "plant-a", from_sequence=2, to_sequence=4)
+    assert await ledger.sink_positions("timeseries") == {"plant-a": 3, "plant-b": 2}
+
+    assert await ledger.advance_sink("timeseries", "plant-a", from_sequence=3, to_sequence=6)
+    assert await ledger.advance_sink("timeseries", "plant-a", from_sequence=6, to_sequence=6)
+    # another consumer's cursor is independent
+    assert await ledger.advance_sink("archive", "plant-a", from_sequence=0, to_sequence=1)
+    assert await ledger.sink_positions("timeseries") == {"plant-a": 6, "plant-b": 2}
+    assert await ledger.sink_positions("archive") == {"plant-a": 1}
+
+
+async def test_a_sink_cursor_moves_neither_back_nor_past_the_chain_head(
+        ledger: InspectableLedger, plant_a: Collector) -> None:
+    await append(ledger, plant_a.chain(3))
+    assert await ledger.advance_sink("timeseries", "plant-a", from_sequence=0, to_sequence=2)
+
+    with pytest.raises(ValueError, match="back"):
+        await ledger.advance_sink("timeseries", "plant-a", from_sequence=2, to_sequence=1)
+    with pytest.raises(ValueError, match="chain head"):
+        await ledger.advance_sink("timeseries", "plant-a", from_sequence=2, to_sequence=4)
+    with pytest.raises(ValueError, match="chain head"):
+        await ledger.advance_sink("timeseries", "plant-z", from_sequence=0, to_sequence=1)
+
+    assert await ledger.sink_positions("timeseries") == {"plant-a": 2}
+
+
+async def test_two_gateways_advancing_one_cursor_at_once_move_it_once(
+        backend: Backend, plant_a: Collector) -> None:
+    first, second = backend.open(), backend.open()
+    try:
+        await append(first, plant_a.chain(8))
+        for start, end in ((0, 4), (4, 8)):
+            moved = await asyncio.gather(
+                first.advance_sink("timeseries", "plant-a", from_sequence=start, to_sequence=end),
+                second.advance_sink("timeseries", "plant-a", from_sequence=start, to_sequence=end))
+            assert sorted(moved) == [False, True]
+            assert await second.sink_positions("timeseries") == {"plant-a": end}
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_sink_cursors_survive_reopening_and_read_only_ledgers_only_read_them(
+        backend: Backend, plant_a: Collector) -> None:
+    writer = backend.open()
+    await append(writer, plant_a.chain(3))
+    assert await writer.advance_sink("timeseries", "plant-a", from_sequence=0, to_sequence=2)
+    await writer.close()
+
+    reopened = backend.open()
+    reader = backend.open(read_only=True)
+    try:
+        assert await reopened.sink_positions("timeseries") == {"plant-a": 2}
+        assert await reader.sink_positions("timeseries") == {"plant-a": 2}
+        assert await reader.heads() == await reopened.heads()
+        with pytest.raises(LedgerError):
+            await reader.advance_sink("timeseries", "plant-a", from_sequence=2, to_sequence=3)
+        assert await reopened.sink_positions("timeseries") == {"plant-a": 2}
+    finally:
+        await reader.close()
+        await reopened.close()
 
 
 # --- SQLite specifics -----------------------------------------------------------------------------------

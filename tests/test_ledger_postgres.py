@@ -5,6 +5,7 @@ and `stackline verify` / `stackline gateway enroll` on a postgresql:// ledger.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 from collections import Counter
@@ -25,7 +26,7 @@ from gateway.runtime import GatewayRuntime, enroll_collector
 from gateway.verifier import verify_ledger
 from proto.chain import ChainHead, Placement
 from proto.keys import generate_key_files
-from proto.wire import Signer
+from proto.wire import GENESIS_HASH, Signer
 from tests.conftest import free_port, pg_execute, pg_fetchval
 from tests.support import run_stackline
 from tests.test_ledger import Collector, append, expected, positions, stored
@@ -140,6 +141,32 @@ async def test_a_new_migration_step_is_applied_to_an_existing_ledger_once(
                              "FROM schema_version") == [*range(1, step.version + 1)]
     assert await pg_fetchval(postgres_url, "SELECT to_regclass('blocks_by_window')::text") == (
         "blocks_by_window")
+
+
+async def test_a_ledger_made_before_sink_cursors_is_migrated_and_keeps_its_blocks(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    collector = Collector("plant-a")
+    document = b'{"devices":[],"format":"stackline.config/v1"}'
+    chain = [collector.config_block(1, GENESIS_HASH, document)]
+    chain += collector.chain(3, after=chain[0])
+    with monkeypatch.context() as patched:  # a gateway from before migration 2
+        patched.setattr(gateway.ledger.postgres, "MIGRATIONS", MIGRATIONS[:1])
+        patched.setattr(gateway.ledger.postgres, "SCHEMA_VERSION", 1)
+        old = PostgresLedger(url=postgres_url)
+        await append(old, chain)
+        await old.close()
+    assert await pg_fetchval(postgres_url, "SELECT to_regclass('sink_cursors')::text") is None
+
+    upgraded = PostgresLedger(url=postgres_url)
+    try:
+        assert positions(await stored(upgraded)) == expected(chain)
+        assert await upgraded.find_config("plant-a", hashlib.sha256(document).digest()) == document
+        assert await upgraded.advance_sink("timeseries", "plant-a", from_sequence=0, to_sequence=4)
+        assert await upgraded.sink_positions("timeseries") == {"plant-a": 4}
+    finally:
+        await upgraded.close()
+    assert await pg_fetchval(postgres_url, "SELECT MAX(version) FROM schema_version") == (
+        SCHEMA_VERSION)
 
 
 # --- schema checks and errors at the boundary -------------------------------------------------------------

@@ -152,6 +152,32 @@ class Ledger(Protocol):
         """Totals for a status line."""
         ...
 
+    # --- consumers that follow the ledger (the time-series sink) ---------------------------------
+
+    async def heads(self) -> dict[str, ChainHead]:
+        """The chain head of every collector that has at least one stored block."""
+        ...
+
+    async def read_blocks(self, collector_id: str, *, after_sequence: int,
+                          limit: int) -> list[StoredRow]:
+        """Up to `limit` stored blocks of one collector with sequence > `after_sequence`, in order."""
+        ...
+
+    async def find_config(self, collector_id: str, digest: bytes) -> bytes | None:
+        """The configuration document of the collector's CONFIG block whose SHA-256 is `digest`."""
+        ...
+
+    async def sink_positions(self, sink: str) -> dict[str, int]:
+        """A consumer's durable cursor: per collector, the highest sequence it has delivered."""
+        ...
+
+    async def advance_sink(self, sink: str, collector_id: str, *, from_sequence: int,
+                           to_sequence: int) -> bool:
+        """Compare-and-set a consumer's cursor from `from_sequence` (0: never moved) to
+        `to_sequence`; False, changing nothing, when it is not at `from_sequence` (another gateway
+        moved it). Cursors only move forward, and not past the chain head: ValueError otherwise."""
+        ...
+
     async def collectors_overview(self) -> dict[str, CollectorOverview]:
         """Per enrolled collector: chain head, readings, newest window, quarantined entries."""
         ...

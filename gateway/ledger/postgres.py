@@ -50,6 +50,7 @@ from gateway.ledger.base import (
     StoredRow,
     VerifiedBlock,
 )
+from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
 from gateway.ledger.placement import plan_append, repeated_sequences
 from proto.chain import ChainHead, StoredBlock
 from proto.wire import GENESIS_HASH
@@ -152,6 +153,23 @@ FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()
         """
 CREATE TRIGGER blocks_no_truncate BEFORE TRUNCATE ON blocks
 FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()
+""",
+    )),
+    Migration(2, "sink cursors; index of configuration blocks", (
+        # a consumer's (the time-series sink's) durable cursor: per collector, not one global
+        # entry_index, because entry_index values commit out of order across collectors while a
+        # collector's sequences commit in order under its chain-head lock
+        """
+CREATE TABLE sink_cursors (
+    sink TEXT COLLATE "C" NOT NULL,
+    collector_id TEXT COLLATE "C" NOT NULL,
+    sequence BIGINT NOT NULL,
+    PRIMARY KEY (sink, collector_id)
+)
+""",
+        # CONFIG blocks are few; find_config reads them without scanning the collector's chain
+        f"""
+CREATE INDEX blocks_config ON blocks (collector_id, sequence) WHERE kind = {CONFIG_KIND}
 """,
     )),
 )
@@ -497,6 +515,72 @@ class PostgresLedger:
             return {r[0]: CollectorOverview(int(r[1]), int(r[2]),
                                             None if r[3] is None else int(r[3]), int(r[4]))
                     for r in rows}
+        return await self._run(work)
+
+    # --- consumers that follow the ledger ------------------------------------------------------
+
+    async def heads(self) -> dict[str, ChainHead]:
+        """Every collector's chain head (not the rows of chains locked but still empty)."""
+        async def work(conn: Any) -> dict[str, ChainHead]:
+            rows = await conn.fetch("SELECT collector_id, sequence, hash FROM chain_heads "
+                                    "WHERE sequence > 0")
+            return {str(r[0]): ChainHead(int(r[1]), bytes(r[2])) for r in rows}
+        return await self._run(work)
+
+    async def read_blocks(self, collector_id: str, *, after_sequence: int,
+                          limit: int) -> list[StoredRow]:
+        """Up to `limit` blocks of one collector after a sequence, in chain order. Every block up
+        to the head a reader sees is visible to it: blocks and head commit together."""
+        async def work(conn: Any) -> list[StoredRow]:
+            rows = await conn.fetch(
+                "SELECT entry_index, collector_id, sequence, hash, payload, signature, key_id "
+                "FROM blocks WHERE collector_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+                collector_id, after_sequence, limit)
+            return [StoredRow(int(r[0]), r[1], int(r[2]), bytes(r[3]), bytes(r[4]), bytes(r[5]),
+                              r[6]) for r in rows]
+        return await self._run(work)
+
+    async def find_config(self, collector_id: str, digest: bytes) -> bytes | None:
+        """The document of the collector's CONFIG block with this digest, newest first."""
+        async def work(conn: Any) -> bytes | None:
+            rows = await conn.fetch(
+                f"SELECT payload FROM blocks WHERE collector_id = $1 AND kind = {CONFIG_KIND} "  # noqa: S608 - a constant
+                "ORDER BY sequence DESC", collector_id)
+            return config_document_with_digest((bytes(r[0]) for r in rows), digest)
+        return await self._run(work)
+
+    async def sink_positions(self, sink: str) -> dict[str, int]:
+        """A consumer's cursor per collector."""
+        async def work(conn: Any) -> dict[str, int]:
+            rows = await conn.fetch("SELECT collector_id, sequence FROM sink_cursors WHERE sink = $1",
+                                    sink)
+            return {str(r[0]): int(r[1]) for r in rows}
+        return await self._run(work)
+
+    async def advance_sink(self, sink: str, collector_id: str, *, from_sequence: int,
+                           to_sequence: int) -> bool:
+        """Compare-and-set a consumer's cursor: one statement, atomic against other gateways."""
+        if to_sequence < from_sequence:
+            raise ValueError(f"cursor {sink!r} of {collector_id} cannot move back from "
+                             f"{from_sequence} to {to_sequence}")
+
+        async def work(conn: Any) -> bool:
+            head = await conn.fetchval("SELECT sequence FROM chain_heads WHERE collector_id = $1",
+                                       collector_id)
+            if to_sequence > (0 if head is None else int(head)):
+                raise ValueError(f"cursor {sink!r} of {collector_id} cannot move past the chain "
+                                 f"head ({to_sequence} > {0 if head is None else int(head)})")
+            if from_sequence == 0:
+                # a cursor that never moved has no row; two first moves race on the insert
+                moved = await conn.fetchval(
+                    "INSERT INTO sink_cursors VALUES ($1, $2, $3) ON CONFLICT (sink, collector_id) "
+                    "DO UPDATE SET sequence = excluded.sequence WHERE sink_cursors.sequence = 0 "
+                    "RETURNING 1", sink, collector_id, to_sequence)
+            else:
+                moved = await conn.fetchval(
+                    "UPDATE sink_cursors SET sequence = $4 WHERE sink = $1 AND collector_id = $2 "
+                    "AND sequence = $3 RETURNING 1", sink, collector_id, from_sequence, to_sequence)
+            return moved is not None
         return await self._run(work)
 
     async def close(self) -> None:

@@ -25,6 +25,7 @@ from gateway.ledger.base import (
     StoredRow,
     VerifiedBlock,
 )
+from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
 from gateway.ledger.placement import plan_append
 from proto.chain import ChainHead, StoredBlock
 
@@ -89,6 +90,20 @@ CREATE TABLE IF NOT EXISTS quarantine (
     raw BLOB NOT NULL,
     alarm INTEGER NOT NULL
 )
+""",
+    # consumers' durable cursors (the time-series sink): the highest sequence delivered per
+    # collector; added without a schema version step because it is additive (IF NOT EXISTS)
+    """
+CREATE TABLE IF NOT EXISTS sink_cursors (
+    sink TEXT NOT NULL,
+    collector_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    PRIMARY KEY (sink, collector_id)
+)
+""",
+    f"""
+CREATE INDEX IF NOT EXISTS blocks_config ON blocks (collector_id, sequence)
+WHERE kind = {CONFIG_KIND}
 """,
     """
 CREATE TRIGGER IF NOT EXISTS blocks_no_update BEFORE UPDATE ON blocks
@@ -342,6 +357,69 @@ class SqliteLedger:
             return {r[0]: CollectorOverview(int(r[1]), int(r[2]),
                                             None if r[3] is None else int(r[3]), int(r[4]))
                     for r in rows}
+        return await self._run(work)
+
+    # --- consumers that follow the ledger --------------------------------------------------
+
+    async def heads(self) -> dict[str, ChainHead]:
+        """Every collector's chain head."""
+        def work(db: sqlite3.Connection) -> dict[str, ChainHead]:
+            rows = db.execute("SELECT collector_id, sequence, hash FROM chain_heads "
+                              "WHERE sequence > 0").fetchall()
+            return {r[0]: ChainHead(int(r[1]), bytes(r[2])) for r in rows}
+        return await self._run(work)
+
+    async def read_blocks(self, collector_id: str, *, after_sequence: int,
+                          limit: int) -> list[StoredRow]:
+        """Up to `limit` blocks of one collector after a sequence, in chain order."""
+        def work(db: sqlite3.Connection) -> list[StoredRow]:
+            rows = db.execute(
+                "SELECT entry_index, collector_id, sequence, hash, payload, signature, key_id "
+                "FROM blocks WHERE collector_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (collector_id, after_sequence, limit)).fetchall()
+            return [StoredRow(int(r[0]), r[1], int(r[2]), bytes(r[3]), bytes(r[4]), bytes(r[5]),
+                              r[6]) for r in rows]
+        return await self._run(work)
+
+    async def find_config(self, collector_id: str, digest: bytes) -> bytes | None:
+        """The document of the collector's CONFIG block with this digest, newest first."""
+        def work(db: sqlite3.Connection) -> bytes | None:
+            rows = db.execute(
+                f"SELECT payload FROM blocks WHERE collector_id = ? AND kind = {CONFIG_KIND} "  # noqa: S608 - a constant
+                "ORDER BY sequence DESC", (collector_id,))
+            return config_document_with_digest((bytes(r[0]) for r in rows), digest)
+        return await self._run(work)
+
+    async def sink_positions(self, sink: str) -> dict[str, int]:
+        """A consumer's cursor per collector."""
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            rows = db.execute("SELECT collector_id, sequence FROM sink_cursors WHERE sink = ?",
+                              (sink,)).fetchall()
+            return {r[0]: int(r[1]) for r in rows}
+        return await self._run(work)
+
+    async def advance_sink(self, sink: str, collector_id: str, *, from_sequence: int,
+                           to_sequence: int) -> bool:
+        """Compare-and-set a consumer's cursor in one transaction."""
+        if to_sequence < from_sequence:
+            raise ValueError(f"cursor {sink!r} of {collector_id} cannot move back from "
+                             f"{from_sequence} to {to_sequence}")
+
+        def work(db: sqlite3.Connection) -> bool:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT sequence FROM sink_cursors WHERE sink = ? AND "
+                                 "collector_id = ?", (sink, collector_id)).fetchone()
+                if (0 if row is None else int(row[0])) != from_sequence:
+                    return False
+                head = self._read_head(db, collector_id).sequence
+                if to_sequence > head:
+                    raise ValueError(f"cursor {sink!r} of {collector_id} cannot move past the "
+                                     f"chain head ({to_sequence} > {head})")
+                db.execute("INSERT INTO sink_cursors VALUES (?, ?, ?) ON CONFLICT (sink, "
+                           "collector_id) DO UPDATE SET sequence = excluded.sequence",
+                           (sink, collector_id, to_sequence))
+                return True
         return await self._run(work)
 
     async def close(self) -> None:
