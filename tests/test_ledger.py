@@ -34,6 +34,7 @@ from gateway.ledger import (
     StoredRow,
     VerifiedBlock,
 )
+from gateway.ledger.placement import MAX_UNSIGNED_EVIDENCE_BYTES
 from proto.chain import ChainHead, Placement
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import GENESIS_HASH, BlockDraft, ReadingValue, Signer, Verifier, encode_block
@@ -568,17 +569,27 @@ async def test_quarantine_is_capped_and_says_what_it_kept(backend: Backend,
         assert (await ledger.summary()).quarantined == 100
         assert await ledger.quarantine([entry("unknown_collector")]) == 0
 
-        # a chain refusal at the cap is still refused (never stored), but its evidence is not kept
+        # Anyone can send garbage, so it cannot crowd out what only the key holder can make: a
+        # fork at the cap is refused (never stored) and its evidence is still kept.
         chain = plant_a.chain(2)
         await append(ledger, chain)
         result = await append(ledger, [plant_a.block(2, chain[0].hash, variant=1)])
         assert result.placements == (Placement.FORK,)
         assert result.refused is not None
-        assert result.evidence_kept is False
-        assert await ledger.quarantine_counts() == {"malformed_message": 100}
+        assert result.evidence_kept is True
+        assert await ledger.quarantine_counts() == {"malformed_message": 100, "fork": 1}
         assert positions(await stored(ledger)) == expected(chain)
     finally:
         await ledger.close()
+
+
+async def test_large_unsigned_evidence_is_cut_with_its_digest(ledger: InspectableLedger) -> None:
+    big = bytes(range(256)) * 1024  # 256 KiB of garbage
+    assert await ledger.quarantine([entry("malformed_message", raw=big)]) == 1
+    (kept,) = await ledger.quarantine_entries()
+    assert kept.raw == big[:MAX_UNSIGNED_EVIDENCE_BYTES]
+    assert hashlib.sha256(big).hexdigest() in kept.detail
+    assert f"of {len(big)} bytes" in kept.detail
 
 
 async def test_quarantine_cap_fills_up_across_calls(backend: Backend) -> None:

@@ -7,6 +7,8 @@ loop here is what makes the SQLite and PostgreSQL ledgers answer a batch identic
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,7 +16,10 @@ from gateway.errors import LedgerError
 from gateway.ledger.base import QuarantineEntry, VerifiedBlock
 from proto.chain import ChainHead, Placement, StoredBlock, place_block
 
-__all__ = ["AppendPlan", "plan_append", "refusal_entry", "repeated_sequences"]
+__all__ = [
+    "MAX_UNSIGNED_EVIDENCE_BYTES", "SIGNED_EVIDENCE_REASONS", "AppendPlan", "budget_quarantine",
+    "plan_append", "refusal_entry", "repeated_sequences",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +102,33 @@ def refusal_entry(block: VerifiedBlock, placement: Placement, head: ChainHead, *
     alarm = placement in (Placement.FORK, Placement.REPLAYED_SEQUENCE, Placement.BROKEN_LINK)
     return QuarantineEntry(received_unix_ms, transport, peer, block.collector_id, block.sequence,
                            placement.value, detail, block.envelope, alarm)
+
+
+# Refusals of blocks whose signature verified: only the key holder can produce them, so a peer
+# cannot crowd them out. Everything else can come from anyone and shares a bounded budget.
+SIGNED_EVIDENCE_REASONS = frozenset({"fork", "replayed_sequence", "broken_link", "sequence_gap"})
+MAX_UNSIGNED_EVIDENCE_BYTES = 64 * 1024
+
+
+def budget_quarantine(entries: list[QuarantineEntry], *, unsigned_stored: int,
+                      max_unsigned_rows: int) -> list[QuarantineEntry]:
+    """The entries to keep: every signed one; unsigned ones while `max_unsigned_rows` has room,
+    each cut to its first 64 KiB (the detail then gives the whole message's size and SHA-256)."""
+    kept: list[QuarantineEntry] = []
+    room = max(0, max_unsigned_rows - unsigned_stored)
+    for entry in entries:
+        if entry.reason in SIGNED_EVIDENCE_REASONS:
+            kept.append(entry)
+            continue
+        if room == 0:
+            continue
+        room -= 1
+        if len(entry.raw) <= MAX_UNSIGNED_EVIDENCE_BYTES:
+            kept.append(entry)
+            continue
+        whole = hashlib.sha256(entry.raw).hexdigest()
+        kept.append(dataclasses.replace(
+            entry, raw=entry.raw[:MAX_UNSIGNED_EVIDENCE_BYTES],
+            detail=f"{entry.detail} [evidence cut to its first {MAX_UNSIGNED_EVIDENCE_BYTES} "
+                   f"of {len(entry.raw)} bytes; SHA-256 of the whole: {whole}]"))
+    return kept

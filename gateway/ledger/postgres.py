@@ -51,7 +51,12 @@ from gateway.ledger.base import (
     VerifiedBlock,
 )
 from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
-from gateway.ledger.placement import plan_append, repeated_sequences
+from gateway.ledger.placement import (
+    SIGNED_EVIDENCE_REASONS,
+    budget_quarantine,
+    plan_append,
+    repeated_sequences,
+)
 from proto.chain import ChainHead, StoredBlock
 from proto.wire import GENESIS_HASH
 
@@ -428,8 +433,11 @@ class PostgresLedger:
             return 0
         # count-then-insert must not interleave with another writer's, or both fill the last room
         await conn.execute("LOCK TABLE quarantine IN SHARE ROW EXCLUSIVE MODE")
-        count = int(await conn.fetchval("SELECT COUNT(*) FROM quarantine"))
-        kept = entries[:max(0, self.quarantine_max_rows - count)]
+        count = int(await conn.fetchval(
+            "SELECT COUNT(*) FROM quarantine WHERE reason <> ALL($1::text[])",
+            sorted(SIGNED_EVIDENCE_REASONS)))
+        kept = budget_quarantine(entries, unsigned_stored=count,
+                                 max_unsigned_rows=self.quarantine_max_rows)
         if kept:
             await conn.executemany(
                 "INSERT INTO quarantine (received_unix_ms, transport, peer, collector_id, sequence, "

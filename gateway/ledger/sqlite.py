@@ -26,7 +26,7 @@ from gateway.ledger.base import (
     VerifiedBlock,
 )
 from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
-from gateway.ledger.placement import plan_append
+from gateway.ledger.placement import SIGNED_EVIDENCE_REASONS, budget_quarantine, plan_append
 from proto.chain import ChainHead, StoredBlock
 
 __all__ = ["SCHEMA_VERSION", "SqliteLedger"]
@@ -273,9 +273,11 @@ class SqliteLedger:
     def _insert_quarantine(self, db: sqlite3.Connection, entries: list[QuarantineEntry]) -> int:
         if not entries:
             return 0
-        (count,) = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()
-        room = max(0, self.quarantine_max_rows - int(count))
-        kept = entries[:room]
+        signed = sorted(SIGNED_EVIDENCE_REASONS)
+        (count,) = db.execute(
+            "SELECT COUNT(*) FROM quarantine WHERE reason NOT IN (?, ?, ?, ?)", signed).fetchone()
+        kept = budget_quarantine(entries, unsigned_stored=int(count),
+                                 max_unsigned_rows=self.quarantine_max_rows)
         db.executemany(
             "INSERT INTO quarantine (received_unix_ms, transport, peer, collector_id, sequence, "
             "reason, detail, raw, alarm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
