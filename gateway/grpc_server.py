@@ -15,8 +15,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 
 from gateway.errors import GatewayError, LedgerError
-from gateway.ingest import IngestCore, Refusal
-from proto.chain import ChainHead
+from gateway.ingest import Answer, IngestCore, Refusal
 from proto.stackline.v1 import stackline_pb2 as pb
 
 __all__ = ["GrpcIngestServer"]
@@ -25,22 +24,6 @@ log = logging.getLogger(__name__)
 
 TRANSPORT = "grpc"
 SERVICE = "stackline.v1.Ingest"
-
-
-def _ack(collector_id: str, head: ChainHead, refusals: tuple[Refusal, ...] = ()) -> bytes:
-    return pb.IngestResponse(ack=pb.Ack(
-        collector_id=collector_id,
-        stored_through_sequence=head.sequence,
-        head_hash=head.hash if head.sequence else b"",
-        rejections=[pb.Rejection(sequence=r.sequence, reason=r.reason, detail=r.detail)
-                    for r in refusals],
-    )).SerializeToString()
-
-
-def _error(refusal: Refusal) -> bytes:
-    return pb.IngestResponse(error=pb.Rejection(
-        sequence=refusal.sequence, reason=refusal.reason, detail=refusal.detail,
-    )).SerializeToString()
 
 
 class GrpcIngestServer:
@@ -93,6 +76,28 @@ class GrpcIngestServer:
         if self._server is not None:
             await self._server.wait_for_termination()
 
+    async def _hello(self, raw: bytes, peer: str) -> tuple[str, bytes]:
+        """The stream's first message must be a hello naming an enrolled collector: return the
+        collector id ("" when refused) and the answer (where to resume, or why not)."""
+        request = pb.IngestRequest()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError as exc:
+            refusal = Refusal(0, "malformed_message", f"not a stackline.v1.IngestRequest: {exc}")
+        else:
+            if request.WhichOneof("kind") == "hello":
+                claimed = request.hello.collector_id
+                answer = await self.core.handle(
+                    collector_id=claimed, raw=raw, transport=TRANSPORT, peer=peer,
+                    max_blocks_per_batch=self.max_blocks_per_batch, hello_expected=True)
+                response = answer.encode(claimed)
+                assert response is not None  # a hello is always answered
+                return ("" if answer.error else claimed), response
+            refusal = Refusal(0, "protocol_violation", "a stream must start with a hello")
+        refusal = await self.core.refuse(raw=raw, collector_id="", transport=TRANSPORT,
+                                         peer=peer, refusal=refusal)
+        return "", Answer(error=refusal).encode("") or b""
+
     async def _stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> AsyncIterator[bytes]:
@@ -101,67 +106,21 @@ class GrpcIngestServer:
         self.active_streams += 1
         try:
             async for raw in requests:
-                request = pb.IngestRequest()
-                try:
-                    request.ParseFromString(raw)
-                except DecodeError as exc:
-                    refusal = await self.core.refuse(
-                        raw=raw, collector_id=collector_id, transport=TRANSPORT, peer=peer,
-                        refusal=Refusal(0, "malformed_message",
-                                        f"not a stackline.v1.IngestRequest: {exc}"))
-                    if not collector_id:
-                        yield _error(refusal)
-                        return
-                    yield _ack(collector_id, await self.core.ledger.head(collector_id), (refusal,))
-                    continue
-                kind = request.WhichOneof("kind")
                 if not collector_id:
-                    if kind != "hello":
-                        yield _error(await self.core.refuse(
-                            raw=raw, collector_id="", transport=TRANSPORT, peer=peer,
-                            refusal=Refusal(0, "protocol_violation",
-                                            "a stream must start with a hello")))
+                    collector_id, first_answer = await self._hello(raw, peer)
+                    yield first_answer
+                    if not collector_id:
                         return
-                    claimed = request.hello.collector_id
-                    if await self.core.collector(claimed) is None:
-                        yield _error(await self.core.refuse(
-                            raw=raw, collector_id=claimed, transport=TRANSPORT, peer=peer,
-                            refusal=Refusal(0, "unknown_collector",
-                                            f"collector {claimed!r} is not enrolled at this "
-                                            "gateway; enrol its public key with "
-                                            "`stackline gateway enroll`")))
-                        return
-                    collector_id = claimed
                     log.info("collector %s connected from %s", collector_id, peer)
-                    yield _ack(collector_id, await self.core.ledger.head(collector_id))
                     continue
-                if kind == "status":
-                    refusal_ = await self.core.record_status(
-                        collector_id=collector_id, status=request.status, raw=raw,
-                        transport=TRANSPORT, peer=peer)
-                    if refusal_ is not None:
-                        yield _error(refusal_)
-                        return
-                    continue
-                if kind != "batch":
-                    refusal = await self.core.refuse(
-                        raw=raw, collector_id=collector_id, transport=TRANSPORT, peer=peer,
-                        refusal=Refusal(0, "protocol_violation",
-                                        "only batches may follow the hello"))
-                    yield _ack(collector_id, await self.core.ledger.head(collector_id), (refusal,))
-                    continue
-                blocks = list(request.batch.blocks)
-                if len(blocks) > self.max_blocks_per_batch:
-                    refusal = await self.core.refuse(
-                        raw=raw, collector_id=collector_id, transport=TRANSPORT, peer=peer,
-                        refusal=Refusal(0, "batch_too_large",
-                                        f"{len(blocks)} blocks in one batch; the limit is "
-                                        f"{self.max_blocks_per_batch}"))
-                    yield _ack(collector_id, await self.core.ledger.head(collector_id), (refusal,))
-                    continue
-                outcome = await self.core.ingest(collector_id=collector_id, envelopes=blocks,
-                                                 transport=TRANSPORT, peer=peer)
-                yield _ack(collector_id, outcome.head, outcome.refusals)
+                answer = await self.core.handle(
+                    collector_id=collector_id, raw=raw, transport=TRANSPORT, peer=peer,
+                    max_blocks_per_batch=self.max_blocks_per_batch, hello_expected=False)
+                response = answer.encode(collector_id)
+                if response is not None:
+                    yield response
+                if answer.error is not None:
+                    return
         except LedgerError as exc:
             # Nothing of this batch was acknowledged; the collector keeps it and retries.
             log.exception("ledger failure while serving collector %r", collector_id or "?")

@@ -22,7 +22,7 @@ from proto.errors import VerificationError
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import MAX_SEQUENCE, Verifier, block_hash, decode_block
 
-__all__ = ["ALARM_REASONS", "IngestCore", "IngestOutcome", "IngestStats", "Refusal",
+__all__ = ["ALARM_REASONS", "Answer", "IngestCore", "IngestOutcome", "IngestStats", "Refusal",
            "verify_envelope"]
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,31 @@ class IngestStats:
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """What a transport sends back for one message: an ack (the head and any refusals), an
+    error that ends the conversation, or nothing (a status report)."""
+
+    head: ChainHead | None = None
+    refusals: tuple[Refusal, ...] = ()
+    error: Refusal | None = None
+
+    def encode(self, collector_id: str) -> bytes | None:
+        """The IngestResponse bytes, or None when nothing is to be sent."""
+        if self.error is not None:
+            return pb.IngestResponse(error=pb.Rejection(
+                sequence=self.error.sequence, reason=self.error.reason,
+                detail=self.error.detail)).SerializeToString()
+        if self.head is None:
+            return None
+        return pb.IngestResponse(ack=pb.Ack(
+            collector_id=collector_id, stored_through_sequence=self.head.sequence,
+            head_hash=self.head.hash if self.head.sequence else b"",
+            rejections=[pb.Rejection(sequence=r.sequence, reason=r.reason, detail=r.detail)
+                        for r in self.refusals],
+        )).SerializeToString()
+
+
+@dataclass(frozen=True, slots=True)
 class IngestOutcome:
     """What a transport tells the collector after a batch."""
 
@@ -176,6 +201,51 @@ class IngestCore:
         if previous is None or previous[0].time_unix_ms <= status.time_unix_ms:
             self.statuses[collector_id] = (status, _now_ms())
         return None
+
+    async def handle(
+        self, *, collector_id: str, raw: bytes, transport: str, peer: str,
+        max_blocks_per_batch: int, hello_expected: bool,
+    ) -> Answer:
+        """One message of a collector, whatever carried it: a hello (answered with where to
+        resume, when `hello_expected`), a status report (kept, not answered), or a batch
+        (verified and stored, answered with an ack). Every refusal is quarantined."""
+        async def refused(reason: str, detail: str) -> Answer:
+            refusal = await self.refuse(raw=raw, collector_id=collector_id, transport=transport,
+                                        peer=peer, refusal=Refusal(0, reason, detail))
+            return Answer(head=await self.ledger.head(collector_id), refusals=(refusal,))
+
+        request = pb.IngestRequest()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError as exc:
+            return await refused("malformed_message", f"not a stackline.v1.IngestRequest: {exc}")
+        if await self.collector(collector_id) is None:
+            return Answer(error=await self.refuse(
+                raw=raw, collector_id=collector_id, transport=transport, peer=peer,
+                refusal=Refusal(0, "unknown_collector",
+                                f"collector {collector_id!r} is not enrolled at this gateway; "
+                                "enrol its public key with `stackline gateway enroll`")))
+        kind = request.WhichOneof("kind")
+        if kind == "hello" and hello_expected:
+            if request.hello.collector_id != collector_id:
+                return await refused("collector_mismatch",
+                                     f"hello names {request.hello.collector_id!r} for "
+                                     f"{collector_id!r}")
+            return Answer(head=await self.ledger.head(collector_id))
+        if kind == "status":
+            refusal = await self.record_status(collector_id=collector_id, status=request.status,
+                                               raw=raw, transport=transport, peer=peer)
+            return Answer() if refusal is None else Answer(error=refusal)
+        if kind != "batch":
+            return await refused("protocol_violation",
+                                 "expected a batch or a status report here")
+        blocks = list(request.batch.blocks)
+        if len(blocks) > max_blocks_per_batch:
+            return await refused("batch_too_large", f"{len(blocks)} blocks in one message; the "
+                                 f"limit is {max_blocks_per_batch}")
+        outcome = await self.ingest(collector_id=collector_id, envelopes=blocks,
+                                    transport=transport, peer=peer)
+        return Answer(head=outcome.head, refusals=outcome.refusals)
 
     async def ingest(
         self, *, collector_id: str, envelopes: list[pb.SignedBlock], transport: str, peer: str,

@@ -18,15 +18,12 @@ import ssl
 import uuid
 
 import aiomqtt
-from google.protobuf.message import DecodeError
 
 from gateway.config import MqttSection
 from gateway.errors import LedgerError
 from gateway.ingest import IngestCore, Refusal
 from proto.backoff import Backoff, check_cancelled, raise_if_cancelled
-from proto.chain import ChainHead
 from proto.credentials import BrokerCredentials
-from proto.stackline.v1 import stackline_pb2 as pb
 
 __all__ = ["MqttIngest"]
 
@@ -35,15 +32,6 @@ log = logging.getLogger(__name__)
 TRANSPORT = "mqtt"
 MAX_QUEUED_INCOMING = 10_000
 COLLECTOR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def _response(*, head: ChainHead, collector_id: str, refusals: tuple[Refusal, ...] = ()) -> bytes:
-    return pb.IngestResponse(ack=pb.Ack(
-        collector_id=collector_id, stored_through_sequence=head.sequence,
-        head_hash=head.hash if head.sequence else b"",
-        rejections=[pb.Rejection(sequence=r.sequence, reason=r.reason, detail=r.detail)
-                    for r in refusals],
-    )).SerializeToString()
 
 
 class MqttIngest:
@@ -193,59 +181,8 @@ class MqttIngest:
                                    "the gateway failed on this message; see its log"))
 
     async def _handle(self, collector_id: str, payload: bytes, peer: str) -> bytes | None:
-        request = pb.IngestRequest()
-        try:
-            request.ParseFromString(payload)
-        except DecodeError as exc:
-            refusal = await self.core.refuse(
-                raw=payload, collector_id=collector_id, transport=TRANSPORT, peer=peer,
-                refusal=Refusal(0, "malformed_message",
-                                f"not a stackline.v1.IngestRequest: {exc}"))
-            return _response(head=await self.core.ledger.head(collector_id),
-                             collector_id=collector_id, refusals=(refusal,))
-        kind = request.WhichOneof("kind")
-        if await self.core.collector(collector_id) is None:
-            refusal = await self.core.refuse(
-                raw=payload, collector_id=collector_id, transport=TRANSPORT, peer=peer,
-                refusal=Refusal(0, "unknown_collector",
-                                f"collector {collector_id!r} is not enrolled at this gateway; "
-                                "enrol its public key with `stackline gateway enroll`"))
-            return pb.IngestResponse(error=pb.Rejection(
-                reason=refusal.reason, detail=refusal.detail)).SerializeToString()
-        if kind == "hello":
-            if request.hello.collector_id != collector_id:
-                refusal = await self.core.refuse(
-                    raw=payload, collector_id=collector_id, transport=TRANSPORT, peer=peer,
-                    refusal=Refusal(0, "collector_mismatch",
-                                    f"hello names {request.hello.collector_id!r} on the topic "
-                                    f"of {collector_id!r}"))
-                return _response(head=await self.core.ledger.head(collector_id),
-                                 collector_id=collector_id, refusals=(refusal,))
-            return _response(head=await self.core.ledger.head(collector_id),
-                             collector_id=collector_id)
-        if kind == "status":
-            refusal_ = await self.core.record_status(
-                collector_id=collector_id, status=request.status, raw=payload,
-                transport=TRANSPORT, peer=peer)
-            if refusal_ is None:
-                return None
-            return _response(head=await self.core.ledger.head(collector_id),
-                             collector_id=collector_id, refusals=(refusal_,))
-        if kind != "batch":
-            refusal = await self.core.refuse(
-                raw=payload, collector_id=collector_id, transport=TRANSPORT, peer=peer,
-                refusal=Refusal(0, "protocol_violation", "expected a hello or a batch"))
-            return _response(head=await self.core.ledger.head(collector_id),
-                             collector_id=collector_id, refusals=(refusal,))
-        blocks = list(request.batch.blocks)
-        if len(blocks) > self.max_blocks_per_batch:
-            refusal = await self.core.refuse(
-                raw=payload, collector_id=collector_id, transport=TRANSPORT, peer=peer,
-                refusal=Refusal(0, "batch_too_large",
-                                f"{len(blocks)} blocks in one message; the limit is "
-                                f"{self.max_blocks_per_batch}"))
-            return _response(head=await self.core.ledger.head(collector_id),
-                             collector_id=collector_id, refusals=(refusal,))
-        outcome = await self.core.ingest(collector_id=collector_id, envelopes=blocks,
-                                         transport=TRANSPORT, peer=peer)
-        return _response(head=outcome.head, collector_id=collector_id, refusals=outcome.refusals)
+        answer = await self.core.handle(collector_id=collector_id, raw=payload,
+                                        transport=TRANSPORT, peer=peer,
+                                        max_blocks_per_batch=self.max_blocks_per_batch,
+                                        hello_expected=True)
+        return answer.encode(collector_id)
