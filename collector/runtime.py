@@ -33,7 +33,7 @@ from collector.metrics import CONTENT_TYPE
 from collector.metrics import render as render_metrics
 from collector.modbus_source import DeviceSource, ModbusTcpSource
 from collector.plan import DevicePlan, ReadPlan, compile_plan
-from collector.uplink import Uplink
+from collector.uplink import SOFTWARE_VERSION, Uplink
 from collector.uplink_grpc import GrpcUplink
 from collector.uplink_mqtt import MqttUplink
 from proto.backoff import raise_if_cancelled
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 UPLINK_RESTART_S = 5.0
 POLL_DEADLINE_FRACTION = 0.8  # of the tick: what is left seals, signs and stores the block
-SOFTWARE_VERSION = "stackline-collector/0.1.0"
 
 
 def seal(buffer: Buffer, signer: Signer, draft: BlockDraft, created_unix_ms: int) -> SealedBlock:

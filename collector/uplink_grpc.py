@@ -18,8 +18,8 @@ import grpc.aio
 from collector.buffer import Buffer
 from collector.config import GrpcUplinkConfig
 from collector.errors import UplinkError
-from collector.uplink import StatusSource, UplinkState, UplinkStats
-from proto.backoff import Backoff, cancel_count, forget_group_cancel, raise_if_cancelled
+from collector.uplink import SOFTWARE_VERSION, UplinkBase, UplinkState
+from proto.backoff import cancel_count, forget_group_cancel, raise_if_cancelled
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.stackline.v1 import stackline_pb2_grpc as pb_grpc
 
@@ -29,10 +29,9 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-SOFTWARE_VERSION = "stackline-collector/0.1.0"
 
 
-class GrpcUplink:
+class GrpcUplink(UplinkBase):
     """Sends the buffer to the gateway over one bidirectional gRPC stream at a time."""
 
     def __init__(
@@ -45,19 +44,11 @@ class GrpcUplink:
         wakeup: asyncio.Event,
         acked: asyncio.Event | None = None,
     ) -> None:
+        super().__init__(collector_id=collector_id, key_id=key_id, buffer=buffer, wakeup=wakeup,
+                         acked=acked, batch_limit=config.max_blocks_per_batch,
+                         reconnect_initial_s=config.reconnect_initial_s,
+                         reconnect_max_s=config.reconnect_max_s, peer=config.target)
         self.config = config
-        self.collector_id = collector_id
-        self.key_id = key_id
-        self.buffer = buffer
-        self.wakeup = wakeup
-        self.acked = acked or asyncio.Event()
-        self.state = UplinkState.CONNECTING
-        self.stats = UplinkStats()
-        self.status_source: StatusSource | None = None  # set by the runtime
-        self.status_interval_s = 5.0
-        self.batch_limit = config.max_blocks_per_batch  # halved if the gateway says too large
-        self._backoff = Backoff(initial_s=config.reconnect_initial_s,
-                                max_s=config.reconnect_max_s)
 
     def __repr__(self) -> str:
         return f"GrpcUplink(target={self.config.target!r}, state={self.state.value})"
@@ -79,11 +70,6 @@ class GrpcUplink:
                 await asyncio.sleep(self._backoff.next_delay())
         finally:
             self.state = UplinkState.STOPPED
-
-    def _failed(self, message: str) -> None:
-        if message != self.stats.last_error:
-            log.warning("uplink to %s: %s; retrying with backoff", self.config.target, message)
-        self.stats.last_error = message
 
     async def _session(self) -> None:
         options = [
@@ -138,14 +124,7 @@ class GrpcUplink:
         return response.ack
 
     def _on_resume(self, ack: pb.Ack) -> int:
-        head = self.buffer.chain_state().sequence
         stored = ack.stored_through_sequence
-        if stored > head:
-            raise UplinkError(
-                f"the gateway has stored up to sequence {stored} but this collector's chain ends at "
-                f"{head}: its buffer was replaced or reset; restore the buffer file or enrol a new "
-                "collector id"
-            )
         self._acknowledge(stored)
         pending = self.buffer.read_from(0, 1)
         if pending and pending[0][0] > stored + 1:
@@ -155,11 +134,6 @@ class GrpcUplink:
                 stored + 1, pending[0][0] - 1,
             )
         return stored + 1
-
-    def _acknowledge(self, through: int) -> None:
-        self.buffer.acknowledge(through)
-        self.stats.acknowledged_through = max(self.stats.acknowledged_through, through)
-        self.acked.set()
 
     async def _report_status(
         self, call: grpc.aio.StreamStreamCall[pb.IngestRequest, pb.IngestResponse],
@@ -206,18 +180,4 @@ class GrpcUplink:
             ack = self._expect_ack(await call.read())
             self._acknowledge(ack.stored_through_sequence)
             in_flight.release()
-            if ack.rejections:
-                for rejection in ack.rejections:
-                    if rejection.reason == "batch_too_large" and self.batch_limit > 1:
-                        self.batch_limit = max(1, self.batch_limit // 2)
-                        log.warning("the gateway takes smaller batches; sending at most %d "
-                                    "blocks per batch", self.batch_limit)
-                    self.stats.rejections += 1
-                    reasons = self.stats.rejection_reasons
-                    reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
-                    log.error("gateway rejected block %d: %s: %s", rejection.sequence,
-                              rejection.reason, rejection.detail)
-                raise UplinkError(
-                    f"{len(ack.rejections)} block(s) rejected; resending from sequence "
-                    f"{ack.stored_through_sequence + 1} after a backoff"
-                )
+            self._take_rejections(ack)

@@ -24,9 +24,8 @@ from google.protobuf.message import DecodeError
 from collector.buffer import Buffer
 from collector.config import MqttUplinkConfig
 from collector.errors import UplinkError
-from collector.uplink import StatusSource, UplinkState, UplinkStats
+from collector.uplink import SOFTWARE_VERSION, UplinkBase, UplinkState
 from proto.backoff import (
-    Backoff,
     cancel_count,
     check_cancelled,
     forget_group_cancel,
@@ -39,10 +38,9 @@ __all__ = ["MqttUplink"]
 
 log = logging.getLogger(__name__)
 
-SOFTWARE_VERSION = "stackline-collector/0.1.0"
 
 
-class MqttUplink:
+class MqttUplink(UplinkBase):
     """Publishes the buffer through an MQTT broker."""
 
     def __init__(
@@ -56,21 +54,15 @@ class MqttUplink:
         wakeup: asyncio.Event,
         acked: asyncio.Event | None = None,
     ) -> None:
+        super().__init__(collector_id=collector_id, key_id=key_id, buffer=buffer, wakeup=wakeup,
+                         acked=acked, batch_limit=config.max_blocks_per_message,
+                         reconnect_initial_s=config.reconnect_initial_s,
+                         reconnect_max_s=config.reconnect_max_s,
+                         peer=f"MQTT broker {config.host}:{config.port}")
         self.config = config
         self.credentials = credentials
-        self.collector_id = collector_id
-        self.key_id = key_id
-        self.buffer = buffer
-        self.wakeup = wakeup
-        self.acked = acked or asyncio.Event()
-        self.state = UplinkState.CONNECTING
-        self.stats = UplinkStats()
-        self.status_source: StatusSource | None = None  # set by the runtime
-        self.status_interval_s = 5.0
-        self.batch_limit = config.max_blocks_per_message  # halved if the gateway says too large
         self.blocks_topic = f"{config.topic_prefix}/{collector_id}/blocks"
         self.acks_topic = f"{config.topic_prefix}/{collector_id}/acks"
-        self._backoff = Backoff(initial_s=config.reconnect_initial_s, max_s=config.reconnect_max_s)
         self._tls = credentials.tls_context()
         # last sequence of each message published and not yet covered by an ack
         self._in_flight: collections.deque[int] = collections.deque()
@@ -102,12 +94,6 @@ class MqttUplink:
                 await asyncio.sleep(self._backoff.next_delay())
         finally:
             self.state = UplinkState.STOPPED
-
-    def _failed(self, message: str) -> None:
-        if message != self.stats.last_error:
-            log.warning("MQTT uplink to %s:%d: %s; retrying with backoff", self.config.host,
-                        self.config.port, message)
-        self.stats.last_error = message
 
     async def _session(self) -> None:
         async with aiomqtt.Client(
@@ -211,33 +197,13 @@ class MqttUplink:
 
     def _on_ack(self, ack: pb.Ack) -> None:
         stored = ack.stored_through_sequence
-        head = self.buffer.chain_state().sequence
-        if stored > head:
-            raise UplinkError(
-                f"the gateway has stored up to sequence {stored} but this collector's chain ends at "
-                f"{head}: its buffer was replaced or reset; restore the buffer file or enrol a new "
-                "collector id")
         before = self.buffer.acknowledged_through()
-        self.buffer.acknowledge(stored)
-        self.stats.acknowledged_through = max(self.stats.acknowledged_through, stored)
+        self._acknowledge(stored)
         if stored > before or not ack.rejections:
             self._progress_at = time.monotonic()
         while self._in_flight and self._in_flight[0] <= stored:
             self._in_flight.popleft()
         if stored >= self._next_sequence:
             self._next_sequence = stored + 1
-        self.acked.set()
         self._ack_arrived.set()
-        for rejection in ack.rejections:
-            if rejection.reason == "batch_too_large" and self.batch_limit > 1:
-                self.batch_limit = max(1, self.batch_limit // 2)
-                log.warning("the gateway takes smaller messages; sending at most %d blocks per "
-                            "message", self.batch_limit)
-            self.stats.rejections += 1
-            reasons = self.stats.rejection_reasons
-            reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
-            log.error("gateway rejected block %d: %s: %s", rejection.sequence, rejection.reason,
-                      rejection.detail)
-        if ack.rejections:
-            raise UplinkError(f"{len(ack.rejections)} block(s) rejected; sending again from "
-                              f"sequence {stored + 1} after a backoff")
+        self._take_rejections(ack)
