@@ -7,22 +7,20 @@ with `mosquitto_passwd`, TLS certificates with `openssl`.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, free_port
+from tests.server_process import ServerProcess, accepts_connections
 
 EXAMPLE = REPO / "docs" / "mosquitto"
 GATEWAY_USER = "stackline-gateway"
-START_TIMEOUT_S = 10.0
 
 
 def mosquitto_binary() -> str:
@@ -53,15 +51,17 @@ def make_certificates(directory: Path, client_names: list[str]) -> None:
                  "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", *ext, cwd=directory)
 
 
-class Broker:
+class Broker(ServerProcess):
     """One Mosquitto process on free ports, which a test can kill and start again."""
 
+    name = "mosquitto"
+    log_name = "mosquitto.log"
+
     def __init__(self, directory: Path, users: dict[str, str]) -> None:
-        self.directory = directory
+        super().__init__(directory)
         self.users = users
         self.port = free_port()
         self.tls_port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
         self.certificates = directory / "tls"
         make_certificates(self.certificates, ["client"])
@@ -100,45 +100,11 @@ class Broker:
             text = "user root\n" + text
         return text
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def start(self) -> None:
         """Start the broker and wait until both listeners accept connections."""
         assert not self.running
         self.process = subprocess.Popen(
             [mosquitto_binary(), "-c", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
         for port in (self.port, self.tls_port):
-            while True:
-                if self.process.poll() is not None:
-                    pytest.fail(f"mosquitto exited with {self.process.returncode}: {self.log()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"mosquitto did not listen on {port}: {self.log()}")
-                    time.sleep(0.02)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        """The broker's own log so far."""
-        path = self.directory / "mosquitto.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
+            self._wait_ready(functools.partial(accepts_connections, port), f"listen on {port}")

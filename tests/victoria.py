@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,10 +24,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
+from tests.server_process import ServerProcess
 
 VICTORIA_BINARY = "/usr/bin/victoria-metrics"
 Series = tuple[str, tuple[tuple[str, str], ...]]
-START_TIMEOUT_S = 20.0
 HTTP_TIMEOUT_S = 30.0
 
 
@@ -43,14 +41,18 @@ def victoria_binary() -> str:
     return found
 
 
-class VictoriaMetrics:
+class VictoriaMetrics(ServerProcess):
     """One VictoriaMetrics process on a free port."""
 
+    name = "victoria-metrics"
+    log_name = "victoria-metrics.log"
+    start_timeout_s = 20.0
+    stop_timeout_s = 15.0  # on SIGTERM it flushes before it exits
+
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
+        super().__init__(directory)
         self.data = directory / "data"
         self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
         self.data.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -59,10 +61,6 @@ class VictoriaMetrics:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
         """Start on the same port and data folder; wait until /health answers."""
@@ -75,37 +73,13 @@ class VictoriaMetrics:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"victoria-metrics exited with {self.process.returncode}: {self.log()}")
-            try:
-                if self._get("/health") == b"OK":
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"victoria-metrics did not answer on {self.port}: {self.log()}")
-            time.sleep(0.05)
+        self._wait_ready(self._healthy, f"answer on port {self.port}")
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        """SIGTERM (VictoriaMetrics flushes and exits), then SIGKILL if it hangs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        path = self.directory / "victoria-metrics.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
+    def _healthy(self) -> bool:
+        try:
+            return self._get("/health") == b"OK"
+        except OSError:
+            return False
 
     def _get(self, path: str, params: dict[str, str] | None = None) -> bytes:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
