@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from proto.chain import ChainHead, Placement
 
@@ -87,6 +87,13 @@ class StoredRow:
     signature: bytes
     key_id: str
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> StoredRow:
+        """From a row of entry_index, collector_id, sequence, hash, payload, signature, key_id,
+        whichever driver returned it."""
+        return cls(int(row[0]), str(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]),
+                   bytes(row[5]), str(row[6]))
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerSummary:
@@ -107,6 +114,13 @@ class CollectorOverview:
     readings: int
     latest_window_start_unix_ms: int | None
     quarantined: int
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> tuple[str, CollectorOverview]:
+        """(collector id, overview) from a row of id, sequence, readings, newest window start,
+        quarantined."""
+        return str(row[0]), cls(int(row[1]), int(row[2]),
+                                None if row[3] is None else int(row[3]), int(row[4]))
 
 
 class Ledger(Protocol):

@@ -489,8 +489,7 @@ class PostgresLedger:
                         "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
                         "key_id FROM blocks WHERE collector_id = $1 AND sequence > $2 "
                         "ORDER BY sequence LIMIT $3", collector_id, after[1], PAGE_ROWS)
-                return [StoredRow(int(r[0]), r[1], int(r[2]), bytes(r[3]), bytes(r[4]),
-                                  bytes(r[5]), r[6]) for r in rows]
+                return [StoredRow.from_row(r) for r in rows]
             rows = await self._run(page)
             for row in rows:
                 yield row
@@ -520,9 +519,7 @@ class PostgresLedger:
                 "(SELECT COUNT(*) FROM quarantine q WHERE q.collector_id = c.collector_id) "
                 "FROM (SELECT DISTINCT collector_id FROM collectors) c "
                 "LEFT JOIN chain_heads h ON h.collector_id = c.collector_id")
-            return {r[0]: CollectorOverview(int(r[1]), int(r[2]),
-                                            None if r[3] is None else int(r[3]), int(r[4]))
-                    for r in rows}
+            return dict(CollectorOverview.from_row(r) for r in rows)
         return await self._run(work)
 
     # --- consumers that follow the ledger ------------------------------------------------------
@@ -541,11 +538,10 @@ class PostgresLedger:
         to the head a reader sees is visible to it: blocks and head commit together."""
         async def work(conn: Any) -> list[StoredRow]:
             rows = await conn.fetch(
-                "SELECT entry_index, collector_id, sequence, hash, payload, signature, key_id "
-                "FROM blocks WHERE collector_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+                "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
+                "key_id FROM blocks WHERE collector_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
                 collector_id, after_sequence, limit)
-            return [StoredRow(int(r[0]), r[1], int(r[2]), bytes(r[3]), bytes(r[4]), bytes(r[5]),
-                              r[6]) for r in rows]
+            return [StoredRow.from_row(r) for r in rows]
         return await self._run(work)
 
     async def find_config(self, collector_id: str, digest: bytes) -> bytes | None:

@@ -327,8 +327,7 @@ class SqliteLedger:
                         "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
                         "key_id FROM blocks WHERE collector_id = ? AND sequence > ? "
                         "ORDER BY sequence LIMIT ?", (collector_id, after[1], PAGE_ROWS)).fetchall()
-                return [StoredRow(int(r[0]), r[1], int(r[2]), bytes(r[3]), bytes(r[4]),
-                                  bytes(r[5]), r[6]) for r in rows]
+                return [StoredRow.from_row(r) for r in rows]
             rows = await self._run(page)
             for row in rows:
                 yield row
@@ -356,9 +355,7 @@ class SqliteLedger:
                 "(SELECT COUNT(*) FROM quarantine q WHERE q.collector_id = c.collector_id) "
                 "FROM (SELECT DISTINCT collector_id FROM collectors) c "
                 "LEFT JOIN chain_heads h ON h.collector_id = c.collector_id").fetchall()
-            return {r[0]: CollectorOverview(int(r[1]), int(r[2]),
-                                            None if r[3] is None else int(r[3]), int(r[4]))
-                    for r in rows}
+            return dict(CollectorOverview.from_row(r) for r in rows)
         return await self._run(work)
 
     # --- consumers that follow the ledger --------------------------------------------------
@@ -376,11 +373,10 @@ class SqliteLedger:
         """Up to `limit` blocks of one collector after a sequence, in chain order."""
         def work(db: sqlite3.Connection) -> list[StoredRow]:
             rows = db.execute(
-                "SELECT entry_index, collector_id, sequence, hash, payload, signature, key_id "
-                "FROM blocks WHERE collector_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
+                "key_id FROM blocks WHERE collector_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
                 (collector_id, after_sequence, limit)).fetchall()
-            return [StoredRow(int(r[0]), r[1], int(r[2]), bytes(r[3]), bytes(r[4]), bytes(r[5]),
-                              r[6]) for r in rows]
+            return [StoredRow.from_row(r) for r in rows]
         return await self._run(work)
 
     async def find_config(self, collector_id: str, digest: bytes) -> bytes | None:
