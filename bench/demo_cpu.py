@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import cpu_seconds
 
 from gateway.demo import (
     DEFAULT_PLANT,
@@ -32,14 +33,6 @@ from gateway.demo import (
 )
 from gateway.ledger import SqliteLedger
 from gateway.verifier import verify_ledger
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 async def measure(tick_ms: int, seconds: float, warmup_s: float) -> dict[str, Any]:

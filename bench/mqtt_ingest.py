@@ -20,7 +20,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import aiomqtt
 import asyncpg
 import nacl.signing
 import yaml
+from common import cpu_seconds, free_port
 
 from gateway.ledger import PostgresLedger
 from gateway.runtime import enroll_collector
@@ -40,20 +40,9 @@ from gateway.verifier import verify_ledger
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import GENESIS_HASH, BlockDraft, ReadingValue, Signer, block_hash, encode_block
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ADMIN_URL = os.environ.get("STACKLINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def chain(collector_id: str, signer: Signer, blocks: int, readings: int) -> list[pb.SignedBlock]:

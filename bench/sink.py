@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import nacl.signing
+from common import cpu_seconds, free_port
 
 from gateway.ledger import SqliteLedger
 from gateway.lineproto import LineFormatter, points_of_config
@@ -42,7 +42,6 @@ from gateway.tsdb import InfluxWriter, point_helper_line
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import GENESIS_HASH, BlockDraft, ReadingValue, Signer, block_hash, encode_block
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BASE_MS = 1_700_000_000_000
 COLLECTOR = "bench-plant-c1"
 CEMS_POINTS = [("so2", "a21026", "mg/m3"), ("nox", "a21002", "mg/m3"), ("o2", "a19001", "%"),
@@ -51,16 +50,6 @@ CEMS_POINTS = [("so2", "a21026", "mg/m3"), ("nox", "a21002", "mg/m3"), ("o2", "a
                ("static_pressure", "a01013", "kPa"), ("moisture", "a01014", "%")]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def config_document(readings: int) -> tuple[bytes, list[str]]:
