@@ -80,6 +80,9 @@ class ReadingValue:
     value: float
     quality: int
     raw_registers: tuple[int, ...] = ()
+    increment: float | None = None  # totalizers only, see stackline.proto
+    counter_event: int = pb.COUNTER_EVENT_UNSPECIFIED
+    text: str = ""  # string points only
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,9 @@ def encode_block(draft: BlockDraft, *, sequence: int, previous_hash: bytes) -> b
             value=reading.value,
             quality=reading.quality,
             raw_registers=reading.raw_registers,
+            increment=reading.increment,
+            counter_event=reading.counter_event,
+            text=reading.text,
         )
     return block.SerializeToString()
 

@@ -73,6 +73,38 @@ QUALITY_MANUAL: Quality.ValueType  # 8
 """S"""
 Global___Quality: _TypeAlias = Quality  # noqa: Y015
 
+class _CounterEvent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CounterEventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CounterEvent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COUNTER_EVENT_UNSPECIFIED: _CounterEvent.ValueType  # 0
+    """not a totalizer"""
+    COUNTER_EVENT_FIRST: _CounterEvent.ValueType  # 1
+    """first reading of this run: no increment"""
+    COUNTER_EVENT_CONTINUED: _CounterEvent.ValueType  # 2
+    """increment = value - previous value"""
+    COUNTER_EVENT_ROLLOVER: _CounterEvent.ValueType  # 3
+    """the meter passed its maximum and started again from zero"""
+    COUNTER_EVENT_RESET: _CounterEvent.ValueType  # 4
+    """the meter was reset (or replaced): increment counts from zero,"""
+
+class CounterEvent(_CounterEvent, metaclass=_CounterEventEnumTypeWrapper):
+    """How a totalizer's reading relates to the previous one of the same point."""
+
+COUNTER_EVENT_UNSPECIFIED: CounterEvent.ValueType  # 0
+"""not a totalizer"""
+COUNTER_EVENT_FIRST: CounterEvent.ValueType  # 1
+"""first reading of this run: no increment"""
+COUNTER_EVENT_CONTINUED: CounterEvent.ValueType  # 2
+"""increment = value - previous value"""
+COUNTER_EVENT_ROLLOVER: CounterEvent.ValueType  # 3
+"""the meter passed its maximum and started again from zero"""
+COUNTER_EVENT_RESET: CounterEvent.ValueType  # 4
+"""the meter was reset (or replaced): increment counts from zero,"""
+Global___CounterEvent: _TypeAlias = CounterEvent  # noqa: Y015
+
 class _BlockKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -101,15 +133,27 @@ class Reading(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
     RAW_REGISTERS_FIELD_NUMBER: _builtins.int
+    INCREMENT_FIELD_NUMBER: _builtins.int
+    COUNTER_EVENT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
     point_id: _builtins.str
     time_unix_ms: _builtins.int
     """UTC, milliseconds since the Unix epoch"""
     value: _builtins.float
     """engineering units after scale and offset"""
     quality: Global___Quality.ValueType
+    increment: _builtins.float
+    """Totalizers (cumulative meters) only: what the meter counted since this point's previous
+    reading, in engineering units, across a rollover; after a reset, what it counted from zero.
+    Absent on the first reading of a run, when there is no previous reading to count from.
+    """
+    counter_event: Global___CounterEvent.ValueType
+    """totalizers only: how `increment` was derived"""
+    text: _builtins.str
+    """string points only: the decoded text; `value` is NaN"""
     @_builtins.property
     def raw_registers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """the 16-bit words as read, when kept"""
+        """the 16-bit words as read, when kept (coils: 0 or 1 each)"""
 
     def __init__(
         self,
@@ -119,12 +163,17 @@ class Reading(_message.Message):
         value: _builtins.float = ...,
         quality: Global___Quality.ValueType = ...,
         raw_registers: _abc.Iterable[_builtins.int] | None = ...,
+        increment: _builtins.float | None = ...,
+        counter_event: Global___CounterEvent.ValueType = ...,
+        text: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_increment", b"_increment", "increment", b"increment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["point_id", b"point_id", "quality", b"quality", "raw_registers", b"raw_registers", "time_unix_ms", b"time_unix_ms", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_increment", b"_increment", "counter_event", b"counter_event", "increment", b"increment", "point_id", b"point_id", "quality", b"quality", "raw_registers", b"raw_registers", "text", b"text", "time_unix_ms", b"time_unix_ms", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__increment: _TypeAlias = _typing.Literal["increment"]  # noqa: Y015
+    _WhichOneofArgType__increment: _TypeAlias = _typing.Literal["_increment", b"_increment"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__increment) -> _WhichOneofReturnType__increment | None: ...
 
 Global___Reading: _TypeAlias = Reading  # noqa: Y015
 
