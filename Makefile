@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck codegen-check unit clean venv
+.PHONY: demo test lint typecheck codegen-check schema-check unit clean venv
 
 venv: $(STAMP)
 
@@ -30,7 +30,10 @@ typecheck: $(STAMP)
 codegen-check: $(STAMP)
 	$(PY) -m proto.codegen --check
 
-test: lint typecheck codegen-check
+schema-check: $(STAMP)
+	$(PY) -m collector.schema --check
+
+test: lint typecheck codegen-check schema-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)

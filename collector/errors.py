@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "MODBUS_EXCEPTIONS",
     "BufferFullError",
     "BufferUnavailable",
     "CollectorError",
@@ -45,12 +46,41 @@ class DeviceConnectionLost(DeviceError):
     """The connection to the device could not be made or broke."""
 
 
+# Modbus application protocol v1.1b3, section 7
+MODBUS_EXCEPTIONS = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+# a TCP-to-RTU bridge answering for a device behind it that is silent or unreachable
+GATEWAY_EXCEPTIONS = frozenset({10, 11})
+
+
 class DeviceException(DeviceError):
-    """The device answered with a Modbus exception response."""
+    """The device answered with a Modbus exception response (or with an answer of the wrong
+    shape, code 0): it is there, but cannot give these values."""
 
     def __init__(self, device_id: str, message: str, *, exception_code: int) -> None:
         super().__init__(device_id, message)
         self.exception_code = exception_code
+
+    @property
+    def exception_name(self) -> str:
+        """The code's name in the Modbus specification."""
+        return MODBUS_EXCEPTIONS.get(self.exception_code, "malformed answer" if self.exception_code == 0
+                                     else "unknown exception")
+
+    @property
+    def no_answer_behind_bridge(self) -> bool:
+        """Codes 10 and 11: the bridge is there, the device behind it is not (communication loss)."""
+        return self.exception_code in GATEWAY_EXCEPTIONS
 
 
 class BufferFullError(CollectorError):

@@ -7,15 +7,17 @@ type, points that overlap, points that cannot fit one request, addresses past th
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import dataclass
 
 from collector.config import (
+    MAX_BITS_PER_REQUEST,
+    ByteOrder,
     DataType,
     LoadedDevice,
     LoadedPlant,
     RegisterType,
+    TotalizerSpec,
 )
 from collector.errors import ConfigError
 
@@ -25,7 +27,9 @@ __all__ = [
     "PointPlan",
     "ReadPlan",
     "ReadRequest",
+    "SerialLink",
     "StatusPlan",
+    "TcpLink",
     "compile_plan",
 ]
 
@@ -35,7 +39,8 @@ REGISTER_SPACE = 65536
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
-    """One Modbus read: a table, a start address and a register count."""
+    """One Modbus read: a table, a start address (as sent on the wire, 0-based) and a count of
+    registers (or of bits, for coils and discrete inputs)."""
 
     register_type: RegisterType
     address: int
@@ -49,13 +54,17 @@ class PointPlan:
     point_id: str
     name: str
     request_index: int
-    offset: int
+    offset: int  # of the point's first register (or bit) in its request's response
     data_type: DataType
-    byte_order: str
-    word_order: str
+    register_count: int  # registers (or bits) the point spans
+    byte_order: ByteOrder
     scale: float
     value_offset: float
     flagged_by_status: bool
+    unit: str = ""
+    bit: int | None = None  # bool and bits in a register: lowest bit
+    bit_count: int = 1
+    totalizer: TotalizerSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +79,65 @@ class StatusPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpLink:
+    """A Modbus TCP connection; devices behind one host:port share it."""
+
+    host: str
+    port: int
+    request_gap_ms: int = 0
+
+    @property
+    def key(self) -> str:
+        """Identifies the link: the devices with one key are polled one request at a time."""
+        return f"tcp:{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SerialLink:
+    """A Modbus RTU serial line shared by several devices."""
+
+    line_id: str
+    port: str
+    baudrate: int = 9600
+    parity: str = "N"
+    stop_bits: int = 1
+    bytesize: int = 8
+    request_gap_ms: int = 10
+
+    @property
+    def key(self) -> str:
+        """Identifies the link: the devices with one key are polled one request at a time."""
+        return f"serial:{self.line_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class DevicePlan:
     """Everything the poller needs for one device."""
 
     device_id: str
-    host: str
-    port: int
+    link: TcpLink | SerialLink
     unit_id: int
     timeout_ms: int
     requests: tuple[ReadRequest, ...]
     points: tuple[PointPlan, ...]
     status: StatusPlan | None
     status_point_id: str | None
+    poll_interval_ms: int = 1000
+    failures_before_backoff: int = 3
+    backoff_max_ms: int = 30_000
+    emission_unit: str = ""
+
+    @property
+    def where(self) -> str:
+        """The device's address, for messages."""
+        if isinstance(self.link, SerialLink):
+            return f"unit {self.unit_id} on serial line {self.link.line_id} ({self.link.port})"
+        return f"unit {self.unit_id} at {self.link.host}:{self.link.port}"
+
+    @property
+    def reading_count(self) -> int:
+        """Readings one poll produces."""
+        return len(self.points) + (1 if self.status else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +152,8 @@ class ReadPlan:
 
     @property
     def reading_count(self) -> int:
-        """Readings one tick produces."""
-        return sum(len(d.points) + (1 if d.status else 0) for d in self.devices)
+        """Readings one poll of every device produces."""
+        return sum(d.reading_count for d in self.devices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,87 +161,145 @@ class _Span:
     name: str
     field: str
     register_type: RegisterType
-    address: int
+    address: int  # 0-based, as sent
     width: int
+    bits: tuple[int, int] | None = None  # (lowest bit, count) of a bit point in a register
+    whole_word: bool = False  # the status word: shares its register with bit points
+
+    @property
+    def shares_word(self) -> bool:
+        return self.bits is not None or self.whole_word
+
+
+def _point_span(device: LoadedDevice, index: int) -> _Span:
+    profile = device.profile
+    point = profile.points[index]
+    source = str(device.profile_path)
+    field = f"points[{index}]"
+    register_type = point.register_type or profile.defaults.register_type
+    data_type = point.data_type
+    if register_type.is_bit and data_type is not DataType.BOOL:
+        raise ConfigError(source, f"{field}.data_type",
+                          f"point {point.name!r} is in the {register_type.value} table, which holds "
+                          f"single bits: its data_type must be bool")
+    if data_type is DataType.BOOL and not register_type.is_bit and point.bit is None:
+        raise ConfigError(source, f"{field}.bit",
+                          f"point {point.name!r} is a bool in a {register_type.value} register: "
+                          f"say which bit (0 = least significant)")
+    if register_type.is_bit and point.bit is not None:
+        raise ConfigError(source, f"{field}.bit",
+                          f"a {register_type.value} is one bit already: drop bit from {point.name!r}")
+    width = (point.registers or 1) if data_type is DataType.STRING else data_type.registers
+    if point.registers is not None and point.registers != width:
+        raise ConfigError(
+            source, f"{field}.registers",
+            f"point {point.name!r} is {data_type.value}, which spans {width} "
+            f"register{'s' if width > 1 else ''}, not {point.registers}",
+        )
+    address = point.address - profile.address_base
+    if address < 0:
+        raise ConfigError(source, f"{field}.address",
+                          f"point {point.name!r} is at {point.address}, below the profile's "
+                          f"address_base {profile.address_base}")
+    if address + width > REGISTER_SPACE:
+        raise ConfigError(source, f"{field}.address", f"point {point.name!r} runs past address 65535")
+    limit = MAX_BITS_PER_REQUEST if register_type.is_bit else profile.max_registers_per_request
+    if width > limit:
+        raise ConfigError(
+            source, "max_registers_per_request",
+            f"point {point.name!r} spans {width} registers, more than one request may carry ({limit})",
+        )
+    bits = None
+    if point.bit is not None:
+        bits = (point.bit, point.bit_count or 1)
+    return _Span(point.name, field, register_type, address, width, bits)
 
 
 def _spans(device: LoadedDevice) -> list[_Span]:
     profile = device.profile
-    where = f"profile {device.profile_path.name}"
-    spans: list[_Span] = []
-    for index, point in enumerate(profile.points):
-        field = f"points[{index}]"
-        width = point.data_type.registers
-        if point.registers is not None and point.registers != width:
-            raise ConfigError(
-                str(device.profile_path), f"{field}.registers",
-                f"point {point.name!r} is {point.data_type.value}, which spans {width} "
-                f"register{'s' if width > 1 else ''}, not {point.registers}",
-            )
-        if point.address + width > REGISTER_SPACE:
-            raise ConfigError(
-                str(device.profile_path), f"{field}.address",
-                f"point {point.name!r} runs past register 65535",
-            )
-        if width > profile.max_registers_per_request:
-            raise ConfigError(
-                str(device.profile_path), "max_registers_per_request",
-                f"point {point.name!r} spans {width} registers, more than one request may carry "
-                f"({profile.max_registers_per_request})",
-            )
-        spans.append(
-            _Span(point.name, field, point.register_type or profile.defaults.register_type,
-                  point.address, width)
-        )
+    source = str(device.profile_path)
+    spans = [_point_span(device, index) for index in range(len(profile.points))]
     if profile.status is not None:
-        spans.append(
-            _Span(STATUS_POINT, "status",
-                  profile.status.register_type or profile.defaults.register_type,
-                  profile.status.address, 1)
-        )
+        status_type = profile.status.register_type or profile.defaults.register_type
+        if status_type.is_bit:
+            raise ConfigError(source, "status.register_type",
+                              "the status word is a register: holding or input")
+        address = profile.status.address - profile.address_base
+        if address < 0:
+            raise ConfigError(source, "status.address",
+                              f"below the profile's address_base {profile.address_base}")
+        spans.append(_Span(STATUS_POINT, "status", status_type, address, 1, whole_word=True))
         bits = profile.status.bits
         used = [b for b in (bits.calibration, bits.maintenance, bits.fault) if b is not None]
         if len(set(used)) != len(used):
-            raise ConfigError(
-                str(device.profile_path), "status.bits", "two status meanings share one bit"
-            )
-    names = [s.name for s in spans]
-    for index, name in enumerate(names):
-        if names.index(name) != index:
-            raise ConfigError(
-                str(device.profile_path), f"{spans[index].field}.name",
-                f"point name {name!r} is used twice in {where}",
-            )
+            raise ConfigError(source, "status.bits", "two status meanings share one bit")
+    seen: dict[str, _Span] = {}
+    for span in spans:
+        if span.name in seen:
+            raise ConfigError(source, f"{span.field}.name",
+                              f"point name {span.name!r} is used twice in profile "
+                              f"{device.profile_path.name}")
+        seen[span.name] = span
     ordered = sorted(spans, key=lambda s: (s.register_type, s.address))
-    for before, after in itertools.pairwise(ordered):
-        if before.register_type == after.register_type and after.address < before.address + before.width:
+    for index, after in enumerate(ordered):
+        for before in ordered[:index]:
+            if (before.register_type != after.register_type
+                    or after.address >= before.address + before.width):
+                continue
+            if _may_share(before, after):
+                continue
             raise ConfigError(
-                str(device.profile_path), after.field,
-                f"point {after.name!r} at {after.register_type.value} register {after.address} "
-                f"overlaps point {before.name!r} (registers {before.address}.."
-                f"{before.address + before.width - 1})",
+                source, after.field,
+                f"point {after.name!r} at {after.register_type.value} address {after.address} "
+                f"overlaps point {before.name!r} ({before.register_type.value} "
+                f"{before.address}..{before.address + before.width - 1})",
             )
     return spans
 
 
-def _coalesce(spans: list[_Span], max_registers: int) -> list[tuple[ReadRequest, list[_Span]]]:
-    """Group spans into the fewest contiguous requests within the size limit."""
+def _may_share(one: _Span, other: _Span) -> bool:
+    """Bit points may share a register with each other (on distinct bits) and with the status word."""
+    if not (one.shares_word and other.shares_word) or one.address != other.address:
+        return False
+    if one.bits is None or other.bits is None:
+        return True  # one of them is the status word
+    low_a, count_a = one.bits
+    low_b, count_b = other.bits
+    return low_a + count_a <= low_b or low_b + count_b <= low_a
+
+
+def _coalesce(spans: list[_Span], max_registers: int, max_gap: int) -> list[tuple[ReadRequest, list[_Span]]]:
+    """Group spans into the fewest requests within the size limit, reading across at most
+    `max_gap` unused registers. Greedy in address order, which is optimal for intervals."""
     groups: list[tuple[RegisterType, int, int, list[_Span]]] = []
     for span in sorted(spans, key=lambda s: (s.register_type, s.address)):
+        limit = MAX_BITS_PER_REQUEST if span.register_type.is_bit else max_registers
+        gap = 0 if span.register_type.is_bit else max_gap
         if groups:
             kind, start, end, members = groups[-1]
-            if (kind == span.register_type and span.address == end
-                    and span.address + span.width - start <= max_registers):
-                groups[-1] = (kind, start, span.address + span.width, [*members, span])
+            new_end = max(end, span.address + span.width)
+            if kind == span.register_type and span.address - end <= gap and new_end - start <= limit:
+                groups[-1] = (kind, start, new_end, [*members, span])
                 continue
         groups.append((span.register_type, span.address, span.address + span.width, [span]))
     return [(ReadRequest(kind, start, end - start), members) for kind, start, end, members in groups]
 
 
+def _link(device: LoadedDevice) -> TcpLink | SerialLink:
+    line = device.serial_line
+    if line is not None:
+        return SerialLink(line_id=line.id, port=line.port, baudrate=line.baudrate, parity=line.parity,
+                          stop_bits=line.stop_bits, bytesize=line.bytesize,
+                          request_gap_ms=line.request_gap_ms)
+    tcp = device.config.tcp
+    assert tcp is not None  # a device has tcp or a serial line, checked at load
+    return TcpLink(host=tcp.host, port=tcp.port, request_gap_ms=tcp.request_gap_ms)
+
+
 def _device_plan(plant: LoadedPlant, device: LoadedDevice) -> DevicePlan:
     profile = device.profile
     spans = _spans(device)
-    grouped = _coalesce(spans, profile.max_registers_per_request)
+    grouped = _coalesce(spans, profile.max_registers_per_request, profile.max_gap_registers)
     located: dict[str, tuple[int, int]] = {}
     for request_index, (request, members) in enumerate(grouped):
         for span in members:
@@ -193,7 +307,7 @@ def _device_plan(plant: LoadedPlant, device: LoadedDevice) -> DevicePlan:
     plant_id = plant.config.plant.id
     prefix = f"{plant_id}/{device.config.id}"
     points = []
-    for point in profile.points:
+    for point, span in zip(profile.points, spans, strict=False):
         request_index, offset = located[point.name]
         points.append(
             PointPlan(
@@ -202,11 +316,15 @@ def _device_plan(plant: LoadedPlant, device: LoadedDevice) -> DevicePlan:
                 request_index=request_index,
                 offset=offset,
                 data_type=point.data_type,
+                register_count=span.width,
                 byte_order=point.byte_order or profile.defaults.byte_order,
-                word_order=point.word_order or profile.defaults.word_order,
                 scale=point.scale,
                 value_offset=point.offset,
                 flagged_by_status=point.flagged_by_status,
+                unit=point.unit,
+                bit=point.bit,
+                bit_count=point.bit_count or 1,
+                totalizer=point.totalizer,
             )
         )
     status = None
@@ -216,14 +334,17 @@ def _device_plan(plant: LoadedPlant, device: LoadedDevice) -> DevicePlan:
         status = StatusPlan(request_index, offset, bits.calibration, bits.maintenance, bits.fault)
     return DevicePlan(
         device_id=device.config.id,
-        host=device.config.tcp.host,
-        port=device.config.tcp.port,
+        link=_link(device),
         unit_id=device.config.unit_id,
         timeout_ms=device.config.timeout_ms,
         requests=tuple(request for request, _ in grouped),
         points=tuple(points),
         status=status,
         status_point_id=f"{prefix}/{STATUS_POINT}" if status else None,
+        poll_interval_ms=device.poll_interval_ms,
+        failures_before_backoff=device.config.failures_before_backoff,
+        backoff_max_ms=device.config.backoff_max_ms,
+        emission_unit=device.config.emission_unit,
     )
 
 
@@ -233,11 +354,16 @@ def _config_document(plant: LoadedPlant) -> bytes:
     devices = []
     for device in plant.devices:
         profile = device.profile
+        line = device.serial_line
+        tcp = device.config.tcp
+        endpoint = (f"serial:{line.id}:{line.port}" if line is not None
+                    else f"{tcp.host}:{tcp.port}" if tcp is not None else "")
         devices.append({
             "id": device.config.id,
             "emission_unit": device.config.emission_unit,
             "unit_id": device.config.unit_id,
-            "endpoint": f"{device.config.tcp.host}:{device.config.tcp.port}",
+            "endpoint": endpoint,
+            "poll_interval_ms": device.poll_interval_ms,
             "profile": profile.model_dump(mode="json", exclude_none=True),
         })
     document = {
@@ -250,9 +376,37 @@ def _config_document(plant: LoadedPlant) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _blame_override(plant: LoadedPlant, index: int, error: ConfigError) -> ConfigError:
+    """A register-map error that a device's override caused, named where the override is."""
+    overrides = plant.devices[index].config.overrides
+    field = error.field
+    profile = plant.devices[index].profile
+    culprit: str | None = None
+    if field.startswith("points[") and "]" in field:
+        position = int(field[len("points["):field.index("]")])
+        rest = field[field.index("]") + 1:].lstrip(".")
+        name = profile.points[position].name if position < len(profile.points) else ""
+        changed = (overrides.get("points") or {}).get(name) or {}
+        if changed and (not rest or rest.split(".")[0] in changed):
+            culprit = f"points.{name}" + (f".{rest}" if rest else "")
+    elif field.split(".")[0] in overrides:
+        culprit = field
+    if culprit is None:
+        return error
+    return ConfigError(str(plant.source), f"devices[{index}].overrides.{culprit}", error.message)
+
+
 def compile_plan(plant: LoadedPlant) -> ReadPlan:
     """Check the register maps and freeze the read plan; raise ConfigError naming the field."""
-    devices = tuple(_device_plan(plant, device) for device in plant.devices)
+    plans = []
+    for index, device in enumerate(plant.devices):
+        try:
+            plans.append(_device_plan(plant, device))
+        except ConfigError as exc:
+            if device.config.overrides:
+                raise _blame_override(plant, index, exc) from exc
+            raise
+    devices = tuple(plans)
     document = _config_document(plant)
     return ReadPlan(
         plant_id=plant.config.plant.id,

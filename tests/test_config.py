@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from collector.config import DataType, RegisterType, load_plant, load_profile
+from collector.config import ByteOrder, DataType, RegisterType, load_plant, load_profile
 from collector.errors import ConfigError
-from collector.plan import ReadPlan, ReadRequest, compile_plan
+from collector.plan import ReadPlan, ReadRequest, SerialLink, TcpLink, compile_plan
 from tests.conftest import DEMO_PLANT, FIRMWARE
 
 CEMS_PROFILE = "cems-analyzer-rack.yaml"
@@ -335,9 +335,9 @@ def test_demo_plant_plan_coalesces_each_device_into_one_request() -> None:
     assert [p.point_id for p in feeder.points] == ["demo-plant/feeder-1a/feed_rate",
                                                    "demo-plant/feeder-1a/total"]
     total = feeder.points[1]
-    assert (total.data_type, total.word_order, total.byte_order, total.scale) == (
-        DataType.UINT32, "little", "big", 0.01)
-    assert (feeder.host, feeder.port, feeder.unit_id, feeder.timeout_ms) == ("127.0.0.1", 15021, 1, 300)
+    # word order little, byte order big: the low word first, each word high byte first
+    assert (total.data_type, total.byte_order, total.scale) == (DataType.UINT32, ByteOrder.CDAB, 0.01)
+    assert (feeder.link, feeder.unit_id, feeder.timeout_ms) == (TcpLink("127.0.0.1", 15021), 1, 300)
     assert plan.reading_count == 10 + 2 + 2
 
 
@@ -410,3 +410,192 @@ def test_config_digest_ignores_formatting_but_not_meaning(files: PlantFiles) -> 
     assert files.compile().config_digest == before.config_digest
     files.edit_plant(lambda d: d["devices"][0]["tcp"].update(port=15099))
     assert files.compile().config_digest != before.config_digest
+
+
+# --- serial lines ----------------------------------------------------------------------------------
+
+LINE_1 = {"id": "line-1", "port": "/dev/ttyUSB0", "baudrate": 19200, "parity": "E"}
+
+
+def _feeders_on_line_1(document: Doc) -> None:
+    """Both feeders moved from the TCP bridge onto RS-485 line line-1 (units 1 and 2)."""
+    document["serial_lines"] = [dict(LINE_1)]
+    for device in document["devices"][1:]:
+        del device["tcp"]
+        device["serial_line"] = "line-1"
+
+
+def test_devices_on_a_serial_line_load_with_the_lines_settings(files: PlantFiles) -> None:
+    files.edit_plant(_feeders_on_line_1)
+    plan = files.compile()
+    cems, feeder_a, feeder_b = plan.devices
+    line = SerialLink(line_id="line-1", port="/dev/ttyUSB0", baudrate=19200, parity="E",
+                      stop_bits=1, bytesize=8, request_gap_ms=10)
+    assert (feeder_a.link, feeder_a.unit_id) == (line, 1)
+    assert (feeder_b.link, feeder_b.unit_id) == (line, 2)
+    assert feeder_a.link.key == feeder_b.link.key != cems.link.key  # polled one after the other
+    assert cems.link == TcpLink("127.0.0.1", 15020)
+    assert feeder_b.where == "unit 2 on serial line line-1 (/dev/ttyUSB0)"
+    # the serial settings are part of what the chain records about the device
+    document = json.loads(plan.config_document)
+    assert document["devices"][1]["endpoint"] == "serial:line-1:/dev/ttyUSB0"
+
+
+def test_the_committed_serial_example_plant_compiles() -> None:
+    plan = compile_plan(load_plant(FIRMWARE / "plants" / "serial-example.yaml"))
+    gas, fuel, cems = plan.devices
+    assert isinstance(gas.link, SerialLink)
+    assert gas.link == fuel.link
+    assert (gas.unit_id, fuel.unit_id) == (1, 2)
+    assert (gas.poll_interval_ms, fuel.poll_interval_ms) == (2000, 5000)
+    assert (fuel.failures_before_backoff, fuel.backoff_max_ms) == (5, 60000)
+    assert cems.link == TcpLink("127.0.0.1", 15030)
+
+
+def _add_line(document: Doc, **line: Any) -> None:
+    document.setdefault("serial_lines", []).append({**LINE_1, **line})
+
+
+def _on_line_1_and(change: Callable[[Doc], None]) -> Callable[[Doc], None]:
+    def both(document: Doc) -> None:
+        _feeders_on_line_1(document)
+        change(document)
+    return both
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    (_on_line_1_and(lambda d: d["devices"][2].update(serial_line="line-2")),
+     "devices[2].serial_line", ["'line-2'", "line-1"]),
+    (_on_line_1_and(lambda d: d["devices"][1].update(unit_id=0)),
+     "devices[1].unit_id", ["broadcast"]),
+    (_on_line_1_and(lambda d: _add_line(d, port="/dev/ttyUSB1")),
+     "serial_lines[1].id", ["'line-1'", "twice"]),
+    (_on_line_1_and(lambda d: _add_line(d, id="line-2")),
+     "serial_lines[1].port", ["/dev/ttyUSB0", "'line-1'"]),
+    (_on_line_1_and(lambda d: d["devices"][2].update(unit_id=1)),
+     "devices[2].unit_id", ["serial line line-1 unit 1", "'feeder-1a'"]),
+    (_on_line_1_and(lambda d: d["devices"][1].update(tcp={"host": "10.0.0.5"})),
+     "devices[1]", ["either tcp"]),
+    (lambda d: d["devices"][0].pop("tcp"), "devices[0]", ["either tcp"]),
+    (_on_line_1_and(lambda d: d["serial_lines"][0].update(baudrate=14400)),
+     "serial_lines[0].baudrate", []),
+], ids=["unknown-line", "unit-0-on-serial", "duplicate-line-id", "duplicate-port",
+        "duplicate-serial-endpoint", "tcp-and-serial", "neither-tcp-nor-serial", "odd-baudrate"])
+def test_bad_transports(files: PlantFiles, change: Callable[[Doc], None], field: str,
+                        words: list[str]) -> None:
+    path = files.edit_plant(change)
+    error = _refused(files)
+    _assert_names(error, path, field)
+    for word in words:
+        assert word in error.message, error.message
+
+
+def test_unit_0_is_allowed_over_tcp(files: PlantFiles) -> None:
+    # unit 0 is only the broadcast address on a serial line; TCP devices often answer to it
+    files.edit_plant(lambda d: d["devices"][0].update(unit_id=0))
+    assert files.compile().devices[0].unit_id == 0
+
+
+def test_a_timeout_at_the_devices_own_poll_interval_is_refused(files: PlantFiles) -> None:
+    path = files.edit_plant(lambda d: d["devices"][1].update(timeout_ms=2000, poll_interval_ms=2000))
+    error = _refused(files)
+    _assert_names(error, path, "devices[1].timeout_ms")
+    assert "2000 ms" in error.message
+    files.edit_plant(lambda d: d["devices"][1].update(timeout_ms=1999))
+    device = files.compile().devices[1]
+    assert (device.timeout_ms, device.poll_interval_ms) == (1999, 2000)
+
+
+def test_a_timeout_at_the_tick_is_refused_naming_the_timeout(files: PlantFiles) -> None:
+    path = files.edit_plant(lambda d: d["collector"].update(tick_ms=250))
+    error = _refused(files)
+    _assert_names(error, path, "devices[0].timeout_ms")
+    assert "250 ms" in error.message
+
+
+def test_a_timeout_below_the_tick_is_accepted(files: PlantFiles) -> None:
+    files.edit_plant(lambda d: d["collector"].update(tick_ms=301))  # the demo devices wait 300 ms
+    assert [device.poll_interval_ms for device in files.compile().devices] == [301, 301, 301]
+
+
+# --- per-device overrides -------------------------------------------------------------------------
+
+
+def _override(index: int, overrides: Doc) -> Callable[[Doc], None]:
+    return lambda d: d["devices"][index].update(overrides=overrides)
+
+
+def test_a_scale_override_changes_that_device_only(files: PlantFiles) -> None:
+    files.edit_plant(_override(1, {"points": {"total": {"scale": 0.001}}}))
+    _, feeder_a, feeder_b = files.compile().devices
+    assert feeder_a.points[1].scale == 0.001
+    assert feeder_b.points[1].scale == 0.01  # the same profile, loaded for the other device
+    assert feeder_a.points[1].unit == "t"  # the rest of the point is the profile's
+
+
+def test_profile_level_overrides_merge_key_by_key(files: PlantFiles) -> None:
+    files.edit_plant(_override(0, {"max_registers_per_request": 8, "defaults": {"byte_order": "DCBA"}}))
+    cems = files.compile().devices[0]
+    # 19 registers 100..118, at most 8 per request without splitting a float32
+    assert cems.requests == (ReadRequest(RegisterType.HOLDING, 100, 8),
+                             ReadRequest(RegisterType.HOLDING, 108, 8),
+                             ReadRequest(RegisterType.HOLDING, 116, 3))
+    assert {point.byte_order for point in cems.points} == {ByteOrder.DCBA}
+    assert cems.requests[0].register_type is RegisterType.HOLDING  # defaults.register_type kept
+
+
+def test_overrides_change_the_config_digest(files: PlantFiles) -> None:
+    before = files.compile()
+    files.edit_plant(_override(2, {"points": {"feed_rate": {"scale": 2.0}}}))
+    assert files.compile().config_digest != before.config_digest
+
+
+@pytest.mark.parametrize(("overrides", "field", "words"), [
+    ({"points": {"totl": {"scale": 0.1}}}, "devices[1].overrides.points.totl", ["no point 'totl'"]),
+    ({"points": {"total": {"scael": 0.1}}}, "devices[1].overrides.points.total.scael", ["unknown key"]),
+    ({"max_registers_per_requests": 8}, "devices[1].overrides.max_registers_per_requests",
+     ["unknown key"]),
+    ({"points": {"total": {"scale": "tenth"}}}, "devices[1].overrides.points.total.scale", []),
+    ({"max_registers_per_request": 200}, "devices[1].overrides.max_registers_per_request", ["125"]),
+    ({"defaults": {"byte_order": "middle"}}, "devices[1].overrides.defaults.byte_order", []),
+    ({"points": {"total": {"name": "sum"}}}, "devices[1].overrides.points.total.name", ["cannot"]),
+    ({"points": ["total"]}, "devices[1].overrides.points", ["mapping"]),
+], ids=["unknown-point", "misspelt-point-key", "misspelt-profile-key", "bad-scale", "too-many-registers",
+        "bad-byte-order", "rename", "points-not-a-mapping"])
+def test_bad_overrides_name_the_plant_field(files: PlantFiles, overrides: Doc, field: str,
+                                            words: list[str]) -> None:
+    path = files.edit_plant(_override(1, overrides))
+    error = _refused(files)
+    _assert_names(error, path, field)  # the plant file, where the override is, not the profile
+    for word in words:
+        assert word in error.message, error.message
+
+
+def test_an_override_that_breaks_a_point_check_names_the_plant_field(files: PlantFiles) -> None:
+    # so2 is a float32: as a totalizer it needs rollover_at, which the override does not give
+    path = files.edit_plant(_override(0, {"points": {"so2": {"totalizer": {}}}}))
+    error = _refused(files)
+    assert error.source == str(path), str(error)
+    assert error.field.startswith("devices[0].overrides.points.so2"), str(error)
+
+
+def test_an_override_that_breaks_the_register_map_names_the_plant_field(files: PlantFiles) -> None:
+    path = files.edit_plant(_override(0, {"points": {"so2": {"registers": 1}}}))
+    error = _refused(files)
+    assert error.source == str(path), str(error)
+    assert error.field.startswith("devices[0].overrides.points.so2"), str(error)
+
+
+# --- golden error text ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["yaml", "json"])
+def test_golden_error_text_for_a_misspelt_device_key(files: PlantFiles, form: str) -> None:
+    document: Doc = yaml.safe_load(files.plant.read_text())
+    document["devices"][1]["timout_ms"] = document["devices"][1].pop("timeout_ms")
+    path = files.plants / f"plant.{form}"
+    path.write_text(json.dumps(document, indent=2) if form == "json" else yaml.safe_dump(document))
+    with pytest.raises(ConfigError) as caught:
+        load_plant(path)
+    assert str(caught.value) == (
+        f"{path}: devices[1].timout_ms: unknown key (check its spelling and where it sits)")
