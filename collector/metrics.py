@@ -39,12 +39,34 @@ class CollectorMetrics(Collector):
         answering = GaugeMetricFamily("stackline_collector_device_answering",
                                       "1 when the device's last poll succeeded",
                                       labels=["collector", "device"])
+        exceptions = CounterMetricFamily("stackline_collector_device_exceptions",
+                                         "Modbus exception responses by exception code",
+                                         labels=["collector", "device", "code"])
+        failed_requests = CounterMetricFamily("stackline_collector_failed_requests",
+                                              "Requests that failed (their points were flagged)",
+                                              labels=["collector", "device"])
+        skipped = CounterMetricFamily("stackline_collector_skipped_polls",
+                                      "Polls not made while backing off from a silent device "
+                                      "(recorded as flagged readings)", labels=["collector", "device"])
+        backing_off = GaugeMetricFamily("stackline_collector_device_backing_off",
+                                        "1 while the device is polled less often because it is silent",
+                                        labels=["collector", "device"])
+        poll_seconds = GaugeMetricFamily("stackline_collector_last_poll_seconds",
+                                         "How long the device's last poll took",
+                                         labels=["collector", "device"])
         for device_id, health in runtime.devices.items():
             polls.add_metric([cid, device_id], health.polls)
             answering.add_metric([cid, device_id], 1 if health.answering else 0)
             for kind in ("timeout", "connection", "exception"):
                 failures.add_metric([cid, device_id, kind], health.failures_by_kind.get(kind, 0))
-        yield from (polls, failures, answering)
+            for code, count in sorted(health.exceptions_by_code.items()):
+                exceptions.add_metric([cid, device_id, str(code)], count)
+            failed_requests.add_metric([cid, device_id], health.failed_requests)
+            skipped.add_metric([cid, device_id], health.skipped_polls)
+            backing_off.add_metric([cid, device_id], 1 if health.backing_off else 0)
+            poll_seconds.add_metric([cid, device_id], health.last_poll_ms / 1000)
+        yield from (polls, failures, answering, exceptions, failed_requests, skipped, backing_off,
+                    poll_seconds)
 
         stats = runtime.stats
         for name, count, text in (
@@ -53,6 +75,9 @@ class CollectorMetrics(Collector):
             ("flagged_readings", stats.flagged_readings, "Readings with a flag other than N"),
             ("missed_ticks", stats.missed_ticks, "Ticks skipped because the collector fell behind"),
             ("unbuffered_ticks", stats.unbuffered_ticks, "Ticks not recorded: buffer full"),
+            ("config_reloads", stats.config_reloads, "Configurations reloaded on SIGHUP"),
+            ("refused_reloads", stats.refused_reloads,
+             "Reloads refused because the new configuration was invalid"),
         ):
             family = CounterMetricFamily(f"stackline_collector_{name}", text, labels=["collector"])
             family.add_metric([cid], count)

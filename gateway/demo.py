@@ -40,6 +40,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PLANT = REPO / "firmware-config" / "plants" / "demo-plant.yaml"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+# the collector's default per-request timeout (collector.config.DeviceConfig.timeout_ms),
+# repeated here because the gateway does not import the collector
+DEVICE_TIMEOUT_MS = 500
 
 
 def _free_port(preferred: int = 0) -> int:
@@ -69,6 +72,14 @@ def _previous_ports(data_dir: Path) -> dict[str, int]:
     return ports
 
 
+def _fitting_timeout_ms(device: dict[str, Any], tick_ms: int) -> int:
+    """A device's timeout, at most half its poll interval: with a short tick the collector
+    refuses a timeout at or above the interval (the interval is the tick unless the device sets
+    its own poll_interval_ms)."""
+    interval_ms = int(device.get("poll_interval_ms") or tick_ms)
+    return min(int(device.get("timeout_ms", DEVICE_TIMEOUT_MS)), interval_ms // 2)
+
+
 def write_configs(data_dir: Path, plant_template: Path, *,
                   tick_ms: int | None = None) -> tuple[Path, Path, str]:
     """Write DIR/gateway.yaml and DIR/plant.yaml with free ports and paths inside DIR; return
@@ -93,6 +104,8 @@ def write_configs(data_dir: Path, plant_template: Path, *,
     ports: dict[int, int] = {}
     for device in plant["devices"]:
         device["profile"] = str((plant_template.parent / device["profile"]).resolve())
+        if tick_ms is not None:
+            device["timeout_ms"] = _fitting_timeout_ms(device, tick_ms)
         template_port = int(device["tcp"]["port"])
         ports.setdefault(template_port, _free_port(previous.get(str(device["id"]), 0)))
         device["tcp"]["port"] = ports[template_port]

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from tests.serial_pty import pty_pair  # noqa: F401 - a fixture, shared by the serial tests
+
 REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware-config"
 DEMO_PLANT = FIRMWARE / "plants" / "demo-plant.yaml"

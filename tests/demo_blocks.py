@@ -1,6 +1,7 @@
 """Signed blocks of the demo plant made in-process: the collector's real read plan, register
-encoding and decoder (collector/plan.py, collector/decode.py), with a calibration window on the
-CEMS rack and communication loss on one feeder, as the simulator and a flaky link would give.
+encoding and decoder (collector/plan.py, collector/decode.py) and the feeders' totalizer
+counting (collector/totalizer.py), with a calibration window on the CEMS rack and communication
+loss on one feeder, as the simulator and a flaky link would give.
 
 Also what a reader of the time-series store should find for them, worked out from the profile
 files directly (not through gateway/lineproto.py), so a test compares two independent answers.
@@ -17,6 +18,7 @@ import yaml
 from collector.config import load_plant
 from collector.decode import decode_device, encode_value
 from collector.plan import ReadPlan, compile_plan
+from collector.totalizer import TotalizerTracker
 from gateway.ingest import verify_envelope
 from gateway.ledger import CollectorKey, VerifiedBlock
 from proto.stackline.v1 import stackline_pb2 as pb
@@ -44,6 +46,12 @@ class DemoCollector:
         self.sequence = 0
         self.previous = GENESIS_HASH
         self.ticks = 0
+        # one tracker per totalizer point for the whole chain, as the collector keeps them
+        self.totalizers = {
+            point.point_id: TotalizerTracker(spec=point.totalizer, data_type=point.data_type,
+                                             scale=point.scale)
+            for device in self.plan.devices for point in device.points
+            if point.totalizer is not None}
 
     def _seal(self, draft: BlockDraft) -> tuple[pb.SignedBlock, VerifiedBlock]:
         self.sequence += 1
@@ -64,7 +72,8 @@ class DemoCollector:
             kind=pb.BLOCK_KIND_CONFIG, config_document=self.plan.config_document))
 
     def readings(self, tick: int) -> list[ReadingValue]:
-        """One poll of every device at `tick` seconds after BASE_MS, through the real decoder."""
+        """One poll of every device at `tick` seconds after BASE_MS, through the real decoder;
+        totalizer increments count from the previous call's reading."""
         time_ms = BASE_MS + tick * TICK_MS
         readings: list[ReadingValue] = []
         for device in self.plan.devices:
@@ -77,14 +86,13 @@ class DemoCollector:
                 if point.data_type.value.startswith("uint"):
                     value = 1000.0 + tick * 0.0125 * (index + 1)
                 words = encode_value(value, point.data_type, byte_order=point.byte_order,
-                                     word_order=point.word_order, scale=point.scale,
-                                     offset=point.value_offset)
+                                     scale=point.scale, offset=point.value_offset)
                 registers[point.request_index][point.offset:point.offset + len(words)] = words
             if device.status is not None:
                 calibrating = tick % 20 in (5, 6, 7)
                 registers[device.status.request_index][device.status.offset] = (
                     1 << (device.status.calibration_bit or 0) if calibrating else 0)
-            readings += decode_device(device, registers, time_ms)
+            readings += decode_device(device, registers, time_ms, totalizers=self.totalizers)
         return readings
 
     def readings_block(self) -> tuple[pb.SignedBlock, VerifiedBlock]:

@@ -11,8 +11,11 @@ from typing import Any
 
 import yaml
 
+from collector.config import DeviceConfig
 from proto.keys import generate_key_files
 from tests.conftest import DEMO_PLANT, free_port
+
+DEFAULT_TIMEOUT_MS = DeviceConfig.model_fields["timeout_ms"].default
 
 
 def write_plant(directory: Path, *, grpc_port: int | None, tick_ms: int = 1000,
@@ -46,12 +49,21 @@ def write_plant(directory: Path, *, grpc_port: int | None, tick_ms: int = 1000,
         dead.update(id="cems-dead", tcp={"host": "127.0.0.1", "port": free_port()},
                     timeout_ms=200)
         plant["devices"].append(dead)
+    for device in plant["devices"]:
+        device["timeout_ms"] = fitting_timeout_ms(device, tick_ms)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "plant.yaml"
     path.write_text(yaml.safe_dump(plant, sort_keys=False))
     if not (directory / "collector.key").exists():
         generate_key_files(directory / "collector.key")
     return path
+
+
+def fitting_timeout_ms(device: dict[str, Any], tick_ms: int) -> int:
+    """The device's timeout, shortened to half its poll interval where it would not fit in it
+    (a plant with a short tick: the collector refuses a timeout at or above the interval)."""
+    interval_ms = int(device.get("poll_interval_ms") or tick_ms)
+    return min(int(device.get("timeout_ms", DEFAULT_TIMEOUT_MS)), interval_ms // 2)
 
 
 def write_gateway(directory: Path, *, grpc_port: int) -> Path:

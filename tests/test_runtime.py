@@ -17,13 +17,14 @@ import yaml
 
 from collector.buffer import MemoryBuffer
 from collector.config import LoadedPlant, load_plant
-from collector.modbus_source import ModbusTcpSource
+from collector.modbus_source import ModbusSource
 from collector.plan import compile_plan
 from collector.runtime import CollectorRuntime
 from collector.simulator import PlantSimulator, point_value, status_word
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import Signer, Verifier, block_hash, decode_block
 from tests.conftest import DEMO_PLANT, wait_for
+from tests.plant_sim import serving
 from tests.support import write_plant
 
 # An instant outside the demo CEMS rack's calibration window (checked below).
@@ -67,7 +68,7 @@ def _last_block(buffer: MemoryBuffer) -> pb.Block:
 
 def _runtime(plant: LoadedPlant, buffer: MemoryBuffer, signer: Signer) -> CollectorRuntime:
     return CollectorRuntime(plan=compile_plan(plant), signer=signer, buffer=buffer,
-                            source=ModbusTcpSource(), tick_ms=1000, clock=lambda: FIXED_T)
+                            source=ModbusSource(), tick_ms=1000, clock=lambda: FIXED_T)
 
 
 @pytest.fixture
@@ -189,11 +190,12 @@ async def test_a_silent_device_does_not_hold_up_the_tick(tmp_path: Path, signer:
     plant_yaml = yaml.safe_load(path.read_text())
     plant_yaml["devices"][-1]["tcp"]["port"] = port
     plant_yaml["devices"][-1]["timeout_ms"] = 5000  # longer than the tick on purpose
+    plant_yaml["devices"][-1]["poll_interval_ms"] = 10_000  # (which its interval must exceed)
     path.write_text(yaml.safe_dump(plant_yaml))
     plant = load_plant(path)
     buffer = MemoryBuffer()
     runtime = CollectorRuntime(plan=compile_plan(plant), signer=signer, buffer=buffer,
-                               source=ModbusTcpSource(), tick_ms=500, clock=lambda: FIXED_T)
+                               source=ModbusSource(), tick_ms=500, clock=lambda: FIXED_T)
     async with server:
         async for _ in _serve(plant.model_copy(update={"devices": plant.devices[:3]}), FIXED_T):
             started = time.monotonic()
@@ -232,7 +234,7 @@ async def test_a_clock_stepping_back_realigns_the_ticks(
     offset = [0.0]
     buffer = MemoryBuffer()
     runtime = CollectorRuntime(plan=compile_plan(plant), signer=signer, buffer=buffer,
-                               source=ModbusTcpSource(), tick_ms=100,
+                               source=ModbusSource(), tick_ms=100,
                                clock=lambda: time.time() + offset[0])
     async for _ in _serve(plant, FIXED_T):
         ticker = asyncio.create_task(runtime._ticker())
@@ -249,3 +251,24 @@ async def test_a_clock_stepping_back_realigns_the_ticks(
             await ticker
         await runtime.source.close()
     assert any("ALARM: the clock went back" in r.message for r in caplog.records)
+
+
+async def test_stopping_seals_the_readings_of_the_window_in_progress(
+        tmp_path: Path, signer: Signer) -> None:
+    plant = load_plant(write_plant(tmp_path, grpc_port=1))  # every device polled each second
+    buffer = MemoryBuffer()
+    runtime = CollectorRuntime(plan=compile_plan(plant), signer=signer, buffer=buffer,
+                               source=ModbusSource(), tick_ms=60_000)  # a window far longer
+    async with serving(plant):
+        ticker = asyncio.create_task(runtime._ticker())
+
+        async def polled() -> bool:
+            return all(health.polls >= 1 for health in runtime.devices.values())
+        await wait_for(polled, timeout_s=10, what="one poll of every device")
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await runtime.source.close()
+    blocks = [decode_block(pb.SignedBlock.FromString(env).payload) for _, env in buffer.read_from(1, 10)]
+    assert [b.kind for b in blocks] == [pb.BLOCK_KIND_CONFIG, pb.BLOCK_KIND_READINGS]
+    assert len(blocks[1].readings) >= 14, "the readings taken before the stop are in the chain"
