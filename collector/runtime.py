@@ -512,6 +512,9 @@ class CollectorRuntime:
                            for index, uplink in enumerate(self.uplinks)]
                 await stop.wait()
                 ticker.cancel()
+                # the ticker seals the window in progress as it stops: wait for that block, so
+                # that the drain below sends it too
+                await asyncio.wait([ticker])
                 if uplinks:
                     await self._drain(drain_timeout_s)
                 for task in uplinks:

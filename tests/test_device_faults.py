@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import logging
 import math
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 
 from collector.buffer import MemoryBuffer
 from collector.config import load_plant
+from collector.metrics import render as render_metrics
 from collector.modbus_source import ModbusSource
 from collector.plan import compile_plan
 from collector.runtime import CollectorRuntime
@@ -139,6 +141,16 @@ async def test_faulty_devices_do_not_hold_up_their_line_and_recover(
     assert len(refused) == 1 and "exception 6 (device busy)" in refused[0]
     assert any("device silent" in r.getMessage() and "answers again" in r.getMessage()
                for r in caplog.records)
+    # and in the metrics: exceptions by code, failures by kind, skipped polls
+    exposition = render_metrics(runtime).decode()
+    assert re.search(r'stackline_collector_device_exceptions_total\{code="6",collector="flaky-c1",'
+                     r'device="refusing"\} (\d+)', exposition)
+    timeouts = re.search(r'stackline_collector_poll_failures_total\{collector="flaky-c1",'
+                         r'device="silent",kind="timeout"\} (\d+)', exposition)
+    assert timeouts and float(timeouts.group(1)) >= 3
+    skipped = re.search(r'stackline_collector_skipped_polls_total\{collector="flaky-c1",'
+                        r'device="silent"\} (\d+)', exposition)
+    assert skipped and float(skipped.group(1)) > 0
 
 
 def _wall_ms() -> int:
