@@ -311,7 +311,10 @@ class CollectorRuntime:
                 self._record_skipped(device, schedule.due_skipped(now), last.get(device.device_id))
             due = [d for d in devices if schedules[d.device_id].next_due_ms <= now]
             if due:
-                device = min(due, key=lambda d: schedules[d.device_id].next_due_ms)
+                # earliest slot first; at the same slot, devices that answer go before those
+                # that do not, so a silent device's timeout delays nobody who answers
+                device = min(due, key=lambda d: (schedules[d.device_id].next_due_ms,
+                                                 schedules[d.device_id].silent_polls > 0))
                 schedule = schedules[device.device_id]
                 due_ms = schedule.next_due_ms
                 readings, outcome = await self._poll(device)
