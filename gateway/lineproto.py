@@ -20,7 +20,8 @@ Tags (sorted by key, as InfluxDB prefers): `collector`, `device`, `eng_unit`, `f
 letter N C M D B F T S), `plant`, `point` (the point's name within its device), `quantity`, `unit`
 (the emission unit). A tag whose value is unknown or empty is left out. Fields: `quality` (the
 integer quality code, always present, so that a communication-loss reading is still a point) and
-`value` (a float, only when finite: NaN and infinity cannot be written). Timestamp: the reading's
+`value` (a float, only when finite: NaN and infinity cannot be written), and for a totalizer
+`increment` (what it counted since its previous reading, when known). Timestamp: the reading's
 time in milliseconds (write with precision `ms`).
 
 Escaping follows influxdb_client's `Point` (a test compares the two byte for byte), plus one
@@ -291,6 +292,9 @@ class LineFormatter:
             if prefix is None:
                 prefix = context.prefix(*point)
             value = reading.value
+            if reading.counter_event and reading.HasField("increment"):
+                # a totalizer: what it counted since its previous reading, for live consumption
+                prefix += f",increment={format_value(reading.increment)}"
             if value - value == 0.0:  # finite: NaN - NaN and inf - inf are NaN
                 text = repr(value)
                 if text.endswith(".0"):

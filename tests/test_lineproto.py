@@ -173,6 +173,26 @@ def test_readings_become_lines_with_the_tags_of_their_config() -> None:
     ]
 
 
+def test_a_totalizer_reading_carries_its_increment_when_it_has_one() -> None:
+    formatter, digest = demo_formatter()
+    source = block([], digest=digest)
+    total = "demo-plant/feeder-1a/total"
+    source.readings.add(point_id=total, time_unix_ms=T0, value=3277.5, quality=pb.QUALITY_NORMAL,
+                        counter_event=pb.COUNTER_EVENT_FIRST)
+    source.readings.add(point_id=total, time_unix_ms=T0 + 1000, value=3277.51,
+                        quality=pb.QUALITY_NORMAL, increment=0.01,
+                        counter_event=pb.COUNTER_EVENT_CONTINUED)
+    source.readings.add(point_id=total, time_unix_ms=T0 + 2000, value=0.02,
+                        quality=pb.QUALITY_NORMAL, increment=0.02, counter_event=pb.COUNTER_EVENT_RESET)
+    prefix = ("fuel,collector=demo-plant-c1,device=feeder-1a,eng_unit=t,flag=N,plant=demo-plant,"
+              "point=total,quantity=fuel.coal.total,unit=boiler-1 quality=1i")
+    assert lines_of(formatter, source) == [
+        f"{prefix},value=3277.5 {T0}",  # the first of a run: no increment to write
+        f"{prefix},increment=0.01,value=3277.51 {T0 + 1000}",
+        f"{prefix},increment=0.02,value=0.02 {T0 + 2000}",
+    ]
+
+
 def test_block_lines_match_the_point_helper() -> None:
     formatter, digest = demo_formatter()
     source = block([("demo-plant/cems-1/o2", 7.4912109375, pb.QUALITY_MAINTENANCE),
