@@ -154,6 +154,8 @@ def expected_series(collector_id: str, payloads: Iterable[bytes]) -> dict[Series
             fields = {"quality": float(reading.quality)}
             if math.isfinite(reading.value):
                 fields["value"] = reading.value
+            if reading.counter_event and reading.HasField("increment"):
+                fields["increment"] = reading.increment  # a totalizer's count since the last
             for field, value in fields.items():
                 found.setdefault((f"{measurement}_{field}", labels), []).append(
                     (reading.time_unix_ms, value))
