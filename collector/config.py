@@ -22,6 +22,8 @@ from collector.errors import ConfigError
 __all__ = [
     "MAX_BITS_PER_REQUEST",
     "MAX_REGISTERS_PER_REQUEST",
+    "AccountingSection",
+    "AccountingUnit",
     "BufferConfig",
     "ByteOrder",
     "CollectorSection",
@@ -30,6 +32,7 @@ __all__ = [
     "DeviceProfile",
     "GrpcUplinkConfig",
     "HttpConfig",
+    "LabValue",
     "LoadedDevice",
     "LoadedPlant",
     "MqttTlsConfig",
@@ -437,6 +440,50 @@ class PlantSection(_Strict):
         return value
 
 
+class AccountingUnit(_Strict):
+    """An emission unit (boiler and stack) whose emissions are accounted: the devices whose
+    `emission_unit` is this id feed it."""
+
+    id: Identifier
+    emission_standard: Literal["coal_boiler", "oil_gas_boiler", "gas_turbine"] = Field(
+        default="coal_boiler", description="sets the reference O2 of corrected concentrations")
+    barometric_pressure_kpa: float = Field(
+        default=101.325, gt=50, lt=120,
+        description="site barometric pressure, for standard-state flow (no barometer point read)")
+    fuel: Identifier = Field(default="coal", description="the fuel its totalizers count")
+
+
+class LabValue(_Strict):
+    """A monthly laboratory result the plant enters for the ETS fuel calculation."""
+
+    month: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")
+    fuel: Identifier = "coal"
+    ncv_gj_per_t: float = Field(gt=0, lt=60, description="net calorific value, as received")
+    carbon_content_tc_per_t: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="measured element carbon, as received; absent: the methodology's default "
+                    "carbon per calorific value")
+
+
+class AccountingSection(_Strict):
+    """What compliance accounting needs beyond the readings. It travels in the signed
+    configuration document, so the plant attests to it like to its scaling factors."""
+
+    methodology: Identifier = Field(default="cn-mee-2022", description="effective-dated parameters")
+    units: list[AccountingUnit] = Field(default_factory=list)
+    lab_values: list[LabValue] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AccountingSection:
+        ids = [unit.id for unit in self.units]
+        if len(set(ids)) != len(ids):
+            raise ValueError("an accounting unit id is listed twice")
+        months = [(value.month, value.fuel) for value in self.lab_values]
+        if len(set(months)) != len(months):
+            raise ValueError("two lab values for the same month and fuel")
+        return self
+
+
 class PlantConfig(_Strict):
     """A whole plant configuration file."""
 
@@ -444,6 +491,7 @@ class PlantConfig(_Strict):
     collector: CollectorSection
     serial_lines: list[SerialLine] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(min_length=1)
+    accounting: AccountingSection | None = None
 
 
 class LoadedDevice(BaseModel):
@@ -667,4 +715,11 @@ def load_plant(path: Path) -> LoadedPlant:
             serial_line=lines.get(device.serial_line) if device.serial_line else None,
             poll_interval_ms=device.poll_interval_ms or config.collector.tick_ms,
         ))
+    if config.accounting is not None:
+        used = {device.emission_unit for device in config.devices}
+        for index, unit in enumerate(config.accounting.units):
+            if unit.id not in used:
+                raise ConfigError(str(source), f"accounting.units[{index}].id",
+                                  f"no device has emission_unit {unit.id!r}: name the unit its "
+                                  f"devices feed ({', '.join(sorted(used))})")
     return LoadedPlant(source=source, config=config, devices=tuple(devices))

@@ -373,6 +373,8 @@ def _config_document(plant: LoadedPlant) -> bytes:
         "tick_ms": cfg.collector.tick_ms,
         "devices": devices,
     }
+    if cfg.accounting is not None:
+        document["accounting"] = cfg.accounting.model_dump(mode="json")
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -3,7 +3,7 @@
 One line per reading (one line, wrapped here)::
 
     flue_gas,collector=c1,device=cems-1,eng_unit=mg/m3,flag=N,plant=demo,point=so2,
-        quantity=a21026,unit=stack-1 quality=1i,value=35.2 1700000000000
+        quantity=a21026,unit=unit-1 quality=1i,value=35.2 1700000000000
 
 Measurement: the reading's point family, by this rule (first match wins):
 

@@ -124,11 +124,11 @@ def test_the_demo_plants_config_document_gives_every_points_tags() -> None:
         d.status_point_id for d in plan.devices if d.status_point_id}
     assert len(points) == plan.reading_count == 14
     assert points["demo-plant/cems-1/so2"] == PointMeta(
-        "flue_gas", "demo-plant", "cems-1", "so2", "stack-1", "a21026", "mg/m3")
+        "flue_gas", "demo-plant", "cems-1", "so2", "unit-1", "a21026", "mg/m3")
     assert points["demo-plant/cems-1/status"] == PointMeta(
-        "device", "demo-plant", "cems-1", "status", "stack-1")
+        "device", "demo-plant", "cems-1", "status", "unit-1")
     assert points["demo-plant/feeder-1b/total"] == PointMeta(
-        "fuel", "demo-plant", "feeder-1b", "total", "boiler-1", "fuel.coal.total", "t")
+        "fuel", "demo-plant", "feeder-1b", "total", "unit-1", "fuel.coal.total", "t")
 
 
 @pytest.mark.parametrize("document", [b"not json", b"[]", b'{"devices": 3}', b"\xff\xfe"])
@@ -163,13 +163,13 @@ def test_readings_become_lines_with_the_tags_of_their_config() -> None:
 
     assert lines_of(formatter, source) == [
         "flue_gas,collector=demo-plant-c1,device=cems-1,eng_unit=mg/m3,flag=N,plant=demo-plant,"
-        "point=so2,quantity=a21026,unit=stack-1 quality=1i,value=35 1700000000000",
+        "point=so2,quantity=a21026,unit=unit-1 quality=1i,value=35 1700000000000",
         "flue_gas,collector=demo-plant-c1,device=cems-1,eng_unit=mg/m3,flag=C,plant=demo-plant,"
-        "point=nox,quantity=a21002,unit=stack-1 quality=2i,value=44.8125 1700000000000",
+        "point=nox,quantity=a21002,unit=unit-1 quality=2i,value=44.8125 1700000000000",
         "fuel,collector=demo-plant-c1,device=feeder-1a,eng_unit=t,flag=B,plant=demo-plant,"
-        "point=total,quantity=fuel.coal.total,unit=boiler-1 quality=5i 1700000000000",
+        "point=total,quantity=fuel.coal.total,unit=unit-1 quality=5i 1700000000000",
         "device,collector=demo-plant-c1,device=cems-1,flag=N,plant=demo-plant,point=status,"
-        "unit=stack-1 quality=1i,value=1 1700000000000",
+        "unit=unit-1 quality=1i,value=1 1700000000000",
     ]
 
 
@@ -185,7 +185,7 @@ def test_a_totalizer_reading_carries_its_increment_when_it_has_one() -> None:
     source.readings.add(point_id=total, time_unix_ms=T0 + 2000, value=0.02,
                         quality=pb.QUALITY_NORMAL, increment=0.02, counter_event=pb.COUNTER_EVENT_RESET)
     prefix = ("fuel,collector=demo-plant-c1,device=feeder-1a,eng_unit=t,flag=N,plant=demo-plant,"
-              "point=total,quantity=fuel.coal.total,unit=boiler-1 quality=1i")
+              "point=total,quantity=fuel.coal.total,unit=unit-1 quality=1i")
     assert lines_of(formatter, source) == [
         f"{prefix},value=3277.5 {T0}",  # the first of a run: no increment to write
         f"{prefix},increment=0.01,value=3277.51 {T0 + 1000}",

@@ -83,14 +83,14 @@ async def test_a_minute_of_demo_readings_arrives_value_by_value(
     # what that means, spelled out for one reading of each kind
     so2 = ("flue_gas_value", (("collector", "demo-plant-c1"), ("device", "cems-1"),
                               ("eng_unit", "mg/m3"), ("flag", "N"), ("plant", "demo-plant"),
-                              ("point", "so2"), ("quantity", "a21026"), ("unit", "stack-1")))
+                              ("point", "so2"), ("quantity", "a21026"), ("unit", "unit-1")))
     assert stored[so2][0][0] == BASE_MS
     calibrating = so2[0], tuple((k, "C" if k == "flag" else v) for k, v in so2[1])
     assert [t for t, _ in stored[calibrating]][:3] == [BASE_MS + s * 1000 for s in (5, 6, 7)]
     lost = ("fuel_quality", (("collector", "demo-plant-c1"), ("device", "feeder-1b"),
                              ("eng_unit", "t"), ("flag", "B"), ("plant", "demo-plant"),
                              ("point", "total"), ("quantity", "fuel.coal.total"),
-                             ("unit", "boiler-1")))
+                             ("unit", "unit-1")))
     assert stored[lost] == [(BASE_MS + s * 1000, 5.0) for s in (7, 22, 37, 52)]
     assert ("fuel_value", lost[1]) not in stored  # NaN is not written, the quality is
     assert sum(len(s) for (name, _), s in stored.items() if name.endswith("_quality")) == 60 * 14
