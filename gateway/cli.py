@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,23 @@ def add_commands(commands: Any) -> None:
     verify.add_argument("--collector", help="only this collector id")
     verify.add_argument("--json", action="store_true", help="print a JSON object")
     verify.set_defaults(handler=_verify)
+
+    report = commands.add_parser(
+        "report", help="a unit's compliance accounting for a period, from a ledger (json, csv, html)")
+    report.add_argument("--ledger", required=True,
+                        help="SQLite ledger file, or postgresql://user@host:port/database")
+    report.add_argument("--unit", required=True, help="the accounting unit id (plant configuration)")
+    report.add_argument("--plant", help="the plant id, when several plants have a unit of that id")
+    report.add_argument("--from", dest="start", required=True, type=_date,
+                        help="first local day, YYYY-MM-DD")
+    report.add_argument("--to", dest="end", required=True, type=_date,
+                        help="the local day after the last one, YYYY-MM-DD")
+    report.add_argument("--format", choices=("json", "csv", "html"), default="json")
+    report.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
+    report.add_argument("--gateway-id", default=None,
+                        help="the gateway the ledger belongs to, named in the provenance "
+                             "(default: the ledger's location)")
+    report.set_defaults(handler=_report)
 
     status = commands.add_parser("status", help="every plant's stream at a glance, from a gateway")
     status.add_argument("--gateway", required=True,
@@ -128,6 +146,51 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         print(render_text(report))
     return 0 if report.ok else 1
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: write YYYY-MM-DD") from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    from gateway.accounting.methodology import load_methodology  # noqa: PLC0415
+    from gateway.accounting.render import render_csv, render_html, render_json  # noqa: PLC0415
+    from gateway.accounting.source import load_unit_data  # noqa: PLC0415
+    from gateway.accounting.unit import account_unit  # noqa: PLC0415
+    from gateway.ledger import open_ledger  # noqa: PLC0415
+
+    if args.end <= args.start:
+        return _fail(ValueError(f"--to {args.end} must be after --from {args.start}"))
+
+    async def main() -> Any:
+        ledger = open_ledger(args.ledger, read_only=True)
+        try:
+            print(f"reading the blocks of unit {args.unit} ...", file=sys.stderr)
+            return await load_unit_data(ledger, unit_id=args.unit, start=args.start, end=args.end,
+                                        plant_id=args.plant)
+        finally:
+            await ledger.close()
+
+    try:
+        data = asyncio.run(main())
+        print(f"accounting {len(data.blocks)} block(s) ...", file=sys.stderr)
+        methodology = load_methodology(data.unit.methodology)
+        document = account_unit(unit=data.unit, blocks=data.blocks, start=args.start, end=args.end,
+                                methodology=methodology,
+                                gateway_id=args.gateway_id or f"ledger {args.ledger}")
+    except (GatewayError, ValueError) as exc:
+        return _fail(exc)
+    renderers = {"json": render_json, "csv": render_csv, "html": render_html}
+    text = renderers[args.format](document)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
