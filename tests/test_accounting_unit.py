@@ -38,7 +38,7 @@ def _hour_start_ms(hour: int) -> int:
     return int(datetime(DAY.year, DAY.month, DAY.day, hour, tzinfo=TZ).timestamp() * 1000)
 
 
-def _day_of_blocks() -> tuple[list[BlockInput], dict[str, Any]]:
+def day_of_blocks() -> tuple[list[BlockInput], dict[str, Any]]:
     plan = compile_plan(load_plant(DEMO_PLANT))
     document = json.loads(plan.config_document)
     blocks = []
@@ -73,7 +73,7 @@ def _day_of_blocks() -> tuple[list[BlockInput], dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
-    blocks, document = _day_of_blocks()
+    blocks, document = day_of_blocks()
     unit = unit_config_from_document(document, "unit-1")
     return account_unit(unit=unit, blocks=blocks, start=DAY, end=date(2026, 11, 11),
                         methodology=load_methodology("cn-mee-2022"), gateway_id="test-gateway")
@@ -132,7 +132,7 @@ def test_co2_both_ways_and_their_difference(report: dict[str, Any]) -> None:
 
 
 def test_the_report_is_deterministic() -> None:
-    blocks, document = _day_of_blocks()
+    blocks, document = day_of_blocks()
     unit = unit_config_from_document(document, "unit-1")
     methodology = load_methodology("cn-mee-2022")
     first = render_json(account_unit(unit=unit, blocks=blocks, start=DAY, end=date(2026, 11, 11),
