@@ -157,6 +157,14 @@ class LimitsSection(_Strict):
     max_blocks_per_batch: int = Field(default=1000, ge=1, le=100_000)
 
 
+class AccountingSection(_Strict):
+    """The accountant: keeps every accounting unit's hourly figures current in the ledger."""
+
+    interval_s: float = Field(default=60.0, ge=1, le=86_400,
+                              description="how often it reads new blocks and recomputes the days "
+                              "they touch; run it in one gateway of a deployment")
+
+
 class GatewayConfig(_Strict):
     """A whole gateway configuration file."""
 
@@ -167,6 +175,7 @@ class GatewayConfig(_Strict):
     ledger: LedgerSection = LedgerSection()
     limits: LimitsSection = LimitsSection()
     timeseries: TimeseriesSection | None = None
+    accounting: AccountingSection | None = None
 
     @model_validator(mode="after")
     def _some_transport(self) -> GatewayConfig:

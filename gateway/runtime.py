@@ -10,6 +10,7 @@ import logging
 import ssl
 import time
 
+from gateway.accounting.accountant import Accountant
 from gateway.config import LoadedGatewayConfig
 from gateway.errors import ConfigError, EnrolmentError, LedgerError
 from gateway.grpc_server import GrpcIngestServer
@@ -60,6 +61,11 @@ class GatewayRuntime:
         if self.sink is not None:
             self.core.on_stored = self.sink.notify
         self._sink_task: asyncio.Task[None] | None = None
+        self.accountant: Accountant | None = None
+        if section.accounting is not None:
+            self.accountant = Accountant(ledger=self.ledger, gateway_id=section.gateway.id,
+                                         interval_s=section.accounting.interval_s)
+        self._accountant_task: asyncio.Task[None] | None = None
         self.http: HttpEndpoint | None = None
         if section.http is not None:
             self.http = HttpEndpoint(address=section.http.listen, routes={
@@ -83,6 +89,9 @@ class GatewayRuntime:
             log.info("time-series sink: %r", self.sink.writer)
             self._sink_task = asyncio.create_task(self.sink.run(), name="timeseries-sink")
             self._sink_task.add_done_callback(_report_crash)
+        if self.accountant is not None:
+            self._accountant_task = asyncio.create_task(self.accountant.run(), name="accountant")
+            self._accountant_task.add_done_callback(_report_crash)
         if self.http is not None:
             self.http.start(asyncio.get_running_loop())
         return port
@@ -133,6 +142,11 @@ class GatewayRuntime:
             self._mqtt_task = None
         if self.grpc is not None:
             await self.grpc.stop()
+        if self._accountant_task is not None:
+            self._accountant_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accountant_task
+            self._accountant_task = None
         if self._sink_task is not None:
             self._sink_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

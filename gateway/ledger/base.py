@@ -181,6 +181,17 @@ class Ledger(Protocol):
         """The configuration document of the collector's CONFIG block whose SHA-256 is `digest`."""
         ...
 
+    async def put_accounting_hours(self, plant_id: str, unit_id: str,
+                                   hours: Sequence[tuple[int, str]], *, computed_unix_ms: int) -> None:
+        """Store (replace) a unit's hourly accounting documents (JSON), keyed by hour start: derived
+        figures, recomputed when late data arrives, unlike the append-only blocks."""
+        ...
+
+    async def accounting_hours(self, plant_id: str, unit_id: str, *, start_unix_ms: int,
+                               end_unix_ms: int) -> list[tuple[int, str]]:
+        """A unit's stored hourly documents with starts in [start, end), in time order."""
+        ...
+
     async def sink_positions(self, sink: str) -> dict[str, int]:
         """A consumer's durable cursor: per collector, the highest sequence it has delivered."""
         ...

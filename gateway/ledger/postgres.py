@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -175,6 +175,19 @@ CREATE TABLE sink_cursors (
         # CONFIG blocks are few; find_config reads them without scanning the collector's chain
         f"""
 CREATE INDEX blocks_config ON blocks (collector_id, sequence) WHERE kind = {CONFIG_KIND}
+""",
+    )),
+    Migration(3, "accounting hours", (
+        # derived figures, recomputed when late data arrives: replaced, not appended
+        """
+CREATE TABLE accounting_hours (
+    plant_id TEXT COLLATE "C" NOT NULL,
+    unit_id TEXT COLLATE "C" NOT NULL,
+    hour_start_unix_ms BIGINT NOT NULL,
+    document TEXT NOT NULL,
+    computed_unix_ms BIGINT NOT NULL,
+    PRIMARY KEY (plant_id, unit_id, hour_start_unix_ms)
+)
 """,
     )),
 )
@@ -551,6 +564,28 @@ class PostgresLedger:
                 f"SELECT payload FROM blocks WHERE collector_id = $1 AND kind = {CONFIG_KIND} "  # noqa: S608 - a constant
                 "ORDER BY sequence DESC", collector_id)
             return config_document_with_digest((bytes(r[0]) for r in rows), digest)
+        return await self._run(work)
+
+    async def put_accounting_hours(self, plant_id: str, unit_id: str,
+                                   hours: Sequence[tuple[int, str]], *, computed_unix_ms: int) -> None:
+        """Store (replace) a unit's hourly accounting documents, keyed by hour start."""
+        async def work(conn: Any) -> None:
+            await conn.executemany(
+                "INSERT INTO accounting_hours VALUES ($1, $2, $3, $4, $5) ON CONFLICT (plant_id, unit_id, "
+                "hour_start_unix_ms) DO UPDATE SET document = excluded.document, "
+                "computed_unix_ms = excluded.computed_unix_ms",
+                [(plant_id, unit_id, start, document, computed_unix_ms) for start, document in hours])
+        await self._run(work)
+
+    async def accounting_hours(self, plant_id: str, unit_id: str, *, start_unix_ms: int,
+                               end_unix_ms: int) -> list[tuple[int, str]]:
+        """A unit's stored hourly documents with starts in [start, end), in time order."""
+        async def work(conn: Any) -> list[tuple[int, str]]:
+            rows = await conn.fetch(
+                "SELECT hour_start_unix_ms, document FROM accounting_hours WHERE plant_id = $1 AND "
+                "unit_id = $2 AND hour_start_unix_ms >= $3 AND hour_start_unix_ms < $4 "
+                "ORDER BY hour_start_unix_ms", plant_id, unit_id, start_unix_ms, end_unix_ms)
+            return [(int(r[0]), str(r[1])) for r in rows]
         return await self._run(work)
 
     async def sink_positions(self, sink: str) -> dict[str, int]:

@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,6 +93,18 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """,
     # consumers' durable cursors (the time-series sink): the highest sequence delivered per
     # collector; added without a schema version step because it is additive (IF NOT EXISTS)
+    # derived figures: the accountant's hourly documents, recomputed whenever late data arrives;
+    # not part of the append-only record (the blocks are), so rows are replaced
+    """
+CREATE TABLE IF NOT EXISTS accounting_hours (
+    plant_id TEXT NOT NULL,
+    unit_id TEXT NOT NULL,
+    hour_start_unix_ms INTEGER NOT NULL,
+    document TEXT NOT NULL,
+    computed_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (plant_id, unit_id, hour_start_unix_ms)
+)
+""",
     """
 CREATE TABLE IF NOT EXISTS sink_cursors (
     sink TEXT NOT NULL,
@@ -386,6 +398,32 @@ class SqliteLedger:
                 f"SELECT payload FROM blocks WHERE collector_id = ? AND kind = {CONFIG_KIND} "  # noqa: S608 - a constant
                 "ORDER BY sequence DESC", (collector_id,))
             return config_document_with_digest((bytes(r[0]) for r in rows), digest)
+        return await self._run(work)
+
+    async def put_accounting_hours(self, plant_id: str, unit_id: str,
+                                   hours: Sequence[tuple[int, str]], *, computed_unix_ms: int) -> None:
+        """Store (replace) a unit's hourly accounting documents, keyed by hour start."""
+        def work(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany(
+                    "INSERT INTO accounting_hours VALUES (?, ?, ?, ?, ?) ON CONFLICT (plant_id, unit_id, "
+                    "hour_start_unix_ms) DO UPDATE SET document = excluded.document, "
+                    "computed_unix_ms = excluded.computed_unix_ms",
+                    [(plant_id, unit_id, start, document, computed_unix_ms) for start, document in hours])
+        await self._run(work)
+
+    async def accounting_hours(self, plant_id: str, unit_id: str, *, start_unix_ms: int,
+                               end_unix_ms: int) -> list[tuple[int, str]]:
+        """A unit's stored hourly documents with starts in [start, end), in time order."""
+        def work(db: sqlite3.Connection) -> list[tuple[int, str]]:
+            try:
+                rows = db.execute(
+                    "SELECT hour_start_unix_ms, document FROM accounting_hours WHERE plant_id = ? AND "
+                    "unit_id = ? AND hour_start_unix_ms >= ? AND hour_start_unix_ms < ? "
+                    "ORDER BY hour_start_unix_ms", (plant_id, unit_id, start_unix_ms, end_unix_ms)).fetchall()
+            except sqlite3.OperationalError:  # a ledger opened read-only from before the table
+                return []
+            return [(int(r[0]), str(r[1])) for r in rows]
         return await self._run(work)
 
     async def sink_positions(self, sink: str) -> dict[str, int]:

@@ -1,0 +1,148 @@
+"""The gateway's accountant on SQLite and PostgreSQL ledgers: hours first computed while the CEMS
+data of the afternoon has not arrived are recomputed when that backlog arrives, and the stored
+hourly figures then equal the accounting computed from scratch over the same blocks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.accounting.accountant import Accountant
+from gateway.accounting.methodology import load_methodology
+from gateway.accounting.unit import BlockInput, account_unit, unit_config_from_document
+from gateway.config import load_gateway_config
+from gateway.ledger import PostgresLedger, SqliteLedger
+from gateway.ledger.base import Ledger, VerifiedBlock
+from gateway.runtime import GatewayRuntime, enroll_collector
+from proto.wire import BlockDraft, ReadingValue, decode_block
+from tests.conftest import free_port, wait_for
+from tests.demo_blocks import DemoCollector
+from tests.support import write_gateway
+from tests.test_accounting_unit import DAY, day_of_blocks
+
+HOUR_MS = 3_600_000
+
+
+def _signed_day() -> tuple[DemoCollector, list[VerifiedBlock]]:
+    """The demo collector's configuration block, then the generated day, signed and chained."""
+    plant = DemoCollector()
+    blocks = [plant.config_block()[1]]
+    for entry in day_of_blocks()[0]:
+        readings = [ReadingValue(r.point_id, r.time_unix_ms, r.value, r.quality, (),
+                                 r.increment if r.HasField("increment") else None, r.counter_event)
+                    for r in entry.block.readings]
+        blocks.append(plant._seal(BlockDraft(
+            collector_id=plant.collector_id, window_start_unix_ms=entry.block.window_start_unix_ms,
+            window_end_unix_ms=entry.block.window_end_unix_ms, readings=readings,
+            config_digest=plant.plan.config_digest))[1])
+    return plant, blocks
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
+    opened: SqliteLedger | PostgresLedger
+    if request.param == "sqlite":
+        opened = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    else:
+        opened = PostgresLedger(url=request.getfixturevalue("postgres_url"))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def _append(ledger: Ledger, plant: DemoCollector, blocks: list[VerifiedBlock]) -> None:
+    for start in range(0, len(blocks), 200):
+        await ledger.append(plant.collector_id, blocks[start:start + 200], transport="test",
+                            peer="test", received_unix_ms=0)
+
+
+async def _stored(ledger: Ledger) -> dict[int, dict[str, Any]]:
+    rows = await ledger.accounting_hours("demo-plant", "unit-1", start_unix_ms=0, end_unix_ms=2**62)
+    return {start: json.loads(document) for start, document in rows}
+
+
+async def test_a_backlog_recomputes_its_hours_and_the_store_equals_a_recomputation(ledger: Ledger) -> None:
+    plant, blocks = _signed_day()
+    await ledger.enroll(plant.key)
+    accountant = Accountant(ledger=ledger, gateway_id="gw-1")
+    # the morning arrives (configuration + 14 hours of minute blocks); the afternoon is held back
+    morning = 1 + 14 * 60
+    await _append(ledger, plant, blocks[:morning])
+    assert await accountant.run_once() == 1  # one unit-day touched
+    first = await _stored(ledger)
+    assert len(first) == 24
+    afternoon_hour = sorted(first)[18]
+    assert first[afternoon_hour]["pollutants"]["so2"]["flag"] == "B"
+    assert first[afternoon_hour]["pollutants"]["so2"]["valid_minutes"] == 0
+    assert first[afternoon_hour]["provenance"] is None
+
+    # the backlog arrives (after an outage): the afternoon's hours are recomputed
+    await _append(ledger, plant, blocks[morning:])
+    assert await accountant.run_once() == 1
+    assert await accountant.run_once() == 0  # nothing new: nothing recomputed
+    stored = await _stored(ledger)
+    assert stored[afternoon_hour]["pollutants"]["so2"]["flag"] == "N"
+    assert stored[afternoon_hour]["provenance"]["blocks"] == 60
+
+    # ... and equals the accounting of the day from scratch over the stored blocks, figure for figure
+    rows = [row async for row in ledger.iter_blocks(plant.collector_id)]
+    config = decode_block(rows[0].payload)
+    scratch = account_unit(
+        unit=unit_config_from_document(json.loads(config.config_document), "unit-1"),
+        blocks=[BlockInput(r.collector_id, r.sequence, r.hash, decode_block(r.payload)) for r in rows[1:]],
+        start=DAY, end=DAY + timedelta(days=1), methodology=load_methodology("cn-mee-2022"),
+        gateway_id="gw-1")
+    assert [stored[h["start_unix_ms"]] for h in scratch["hours"]] == scratch["hours"]
+
+
+async def test_a_restarted_accountant_rebuilds_its_index_before_recomputing(ledger: Ledger) -> None:
+    plant, blocks = _signed_day()
+    await ledger.enroll(plant.key)
+    morning = 1 + 14 * 60
+    await _append(ledger, plant, blocks[:morning])
+    await Accountant(ledger=ledger, gateway_id="gw-1").run_once()
+    await _append(ledger, plant, blocks[morning:])
+    # a new process: its index of the day's earlier blocks comes from reading the chain again
+    restarted = Accountant(ledger=ledger, gateway_id="gw-1")
+    assert await restarted.run_once() == 1
+    stored = await _stored(ledger)
+    morning_hour = sorted(stored)[2]
+    assert stored[morning_hour]["provenance"]["blocks"] == 60, "the morning's blocks are still counted"
+    assert sum(h["pollutants"]["so2"]["flag"] == "N" for h in stored.values()) == 21
+
+
+async def test_the_gateway_runs_the_accountant_when_its_config_asks(tmp_path: Path) -> None:
+    path = write_gateway(tmp_path, grpc_port=free_port())
+    document = yaml.safe_load(path.read_text())
+    document["accounting"] = {"interval_s": 1}
+    path.write_text(yaml.safe_dump(document))
+    runtime = GatewayRuntime(config=load_gateway_config(path))
+    assert runtime.accountant is not None
+    plant = DemoCollector()
+    envelopes = [plant.config_block()[0]]
+    envelopes += [plant._seal(BlockDraft(
+        collector_id=plant.collector_id, window_start_unix_ms=entry.block.window_start_unix_ms,
+        window_end_unix_ms=entry.block.window_end_unix_ms,
+        readings=[ReadingValue(r.point_id, r.time_unix_ms, r.value, r.quality)
+                  for r in entry.block.readings],
+        config_digest=plant.plan.config_digest))[0] for entry in day_of_blocks()[0][:120]]
+    await runtime.start()
+    try:
+        await enroll_collector(runtime.ledger, collector_id=plant.collector_id,
+                               public_key=plant.signer.public_key)
+        outcome = await runtime.core.ingest(collector_id=plant.collector_id, envelopes=envelopes,
+                                            transport="test", peer="test")
+        assert not outcome.refusals
+
+        async def accounted() -> bool:
+            return len(await _stored(runtime.ledger)) == 24
+        await wait_for(accounted, timeout_s=20, what="the accountant's hours in the ledger")
+    finally:
+        await runtime.stop()
