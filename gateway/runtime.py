@@ -64,7 +64,8 @@ class GatewayRuntime:
         self.accountant: Accountant | None = None
         if section.accounting is not None:
             self.accountant = Accountant(ledger=self.ledger, gateway_id=section.gateway.id,
-                                         interval_s=section.accounting.interval_s)
+                                         interval_s=section.accounting.interval_s,
+                                         writer=_timeseries_writer(config))
         self._accountant_task: asyncio.Task[None] | None = None
         self.http: HttpEndpoint | None = None
         if section.http is not None:
@@ -154,11 +155,24 @@ class GatewayRuntime:
             self._sink_task = None
         if self.sink is not None:
             await self.sink.writer.close()
+        if self.accountant is not None and self.accountant.writer is not None:
+            await self.accountant.writer.close()
         await self.ledger.close()
 
 
 def _timeseries_sink(config: LoadedGatewayConfig, ledger: Ledger) -> TimeSeriesSink | None:
     """The sink of the `timeseries` section, if there is one."""
+    section = config.config.timeseries
+    writer = _timeseries_writer(config)
+    if section is None or writer is None:
+        return None
+    return TimeSeriesSink(ledger=ledger, writer=writer, cursor=section.cursor,
+                          batch_lines=section.batch_lines, retry_max_s=section.retry_max_s,
+                          replay_window_s=section.replay_window_s)
+
+
+def _timeseries_writer(config: LoadedGatewayConfig) -> InfluxWriter | None:
+    """A writer to the `timeseries` section's store, if there is one (each user its own)."""
     section = config.config.timeseries
     if section is None:
         return None
@@ -172,12 +186,9 @@ def _timeseries_sink(config: LoadedGatewayConfig, ledger: Ledger) -> TimeSeriesS
                               f"cannot read a token from {path}: {exc}") from exc
     if section.insecure:
         log.warning("time-series store %s: writing in plaintext (insecure: true)", section.url)
-    writer = InfluxWriter(url=section.url, org=section.org, bucket=section.bucket, token=token,
-                          timeout_s=section.timeout_s,
-                          ca_file=_path(config, section.ca_file, "timeseries.ca_file"))
-    return TimeSeriesSink(ledger=ledger, writer=writer, cursor=section.cursor,
-                          batch_lines=section.batch_lines, retry_max_s=section.retry_max_s,
-                          replay_window_s=section.replay_window_s)
+    return InfluxWriter(url=section.url, org=section.org, bucket=section.bucket, token=token,
+                        timeout_s=section.timeout_s,
+                        ca_file=_path(config, section.ca_file, "timeseries.ca_file"))
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

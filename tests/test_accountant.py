@@ -4,6 +4,7 @@ hourly figures then equal the accounting computed from scratch over the same blo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -20,11 +21,13 @@ from gateway.config import load_gateway_config
 from gateway.ledger import PostgresLedger, SqliteLedger
 from gateway.ledger.base import Ledger, VerifiedBlock
 from gateway.runtime import GatewayRuntime, enroll_collector
+from gateway.tsdb import InfluxWriter
 from proto.wire import BlockDraft, ReadingValue, decode_block
 from tests.conftest import free_port, wait_for
 from tests.demo_blocks import DemoCollector
 from tests.support import write_gateway
 from tests.test_accounting_unit import DAY, day_of_blocks
+from tests.victoria import SIGNIFICANT_RELATIVE_ERROR, started
 
 HOUR_MS = 3_600_000
 
@@ -146,3 +149,45 @@ async def test_the_gateway_runs_the_accountant_when_its_config_asks(tmp_path: Pa
         await wait_for(accounted, timeout_s=20, what="the accountant's hours in the ledger")
     finally:
         await runtime.stop()
+
+
+async def test_recomputed_hours_reach_the_time_series_store(tmp_path: Path) -> None:
+    """Into a real VictoriaMetrics: after the backlog, the afternoon's masses are there too."""
+    plant, blocks = _signed_day()
+    ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    for victoria in started(tmp_path / "victoria"):
+        writer = InfluxWriter(url=victoria.url, org="ignored-by-vm", bucket="stackline")
+        accountant = Accountant(ledger=ledger, gateway_id="gw-1", writer=writer)
+        try:
+            await ledger.enroll(plant.key)
+            morning = 1 + 14 * 60
+            await _append(ledger, plant, blocks[:morning])
+            await accountant.run_once()
+            before = await asyncio.to_thread(victoria.samples, '{__name__="accounting_substituted"}')
+            await _append(ledger, plant, blocks[morning:])
+            await accountant.run_once()
+            after = await asyncio.to_thread(victoria.samples, '{__name__=~"accounting_.*"}')
+        finally:
+            await writer.close()
+            await ledger.close()
+    labels = (("plant", "demo-plant"), ("pollutant", "so2"), ("unit", "unit-1"))
+    # while the afternoon was missing, its ten hours were substituted besides the calibration
+    # hour and the two-hour gap (a revised hour is written again at the same instant: InfluxDB
+    # keeps the last write; VictoriaMetrics' deduplication keeps the largest, see docs/accounting.md)
+    assert sum(value for _, value in before[("accounting_substituted", labels)]) == 13
+    so2 = ("accounting_mass_kg", labels)
+    stored = {start: json.loads(text)["pollutants"]["so2"]["mass_kg"] for start, text in
+              await _reopened_hours(tmp_path / "ledger.sqlite")}
+    # (VictoriaMetrics keeps about 12 significant digits)
+    assert [t for t, _ in sorted(after[so2])] == sorted(stored)
+    assert [v for _, v in sorted(after[so2])] == pytest.approx([stored[t] for t in sorted(stored)],
+                                                               rel=SIGNIFICANT_RELATIVE_ERROR)
+    assert accountant.stats.lines_written == 2 * 24 * 5
+
+
+async def _reopened_hours(path: Path) -> list[tuple[int, str]]:
+    reopened = SqliteLedger(path=path, read_only=True)
+    try:
+        return await reopened.accounting_hours("demo-plant", "unit-1", start_unix_ms=0, end_unix_ms=2**62)
+    finally:
+        await reopened.close()

@@ -27,16 +27,19 @@ from zoneinfo import ZoneInfo
 
 from gateway.accounting.methodology import Methodology, load_methodology
 from gateway.accounting.unit import BlockInput, account_unit, unit_config_from_document
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, TimeSeriesError
 from gateway.ledger.base import Ledger, StoredRow
+from gateway.lineproto import FLAG_LETTERS, format_line
+from gateway.tsdb import TimeSeriesWriter
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import decode_block
 
-__all__ = ["ACCOUNTING_CURSOR", "Accountant", "AccountantStats"]
+__all__ = ["ACCOUNTING_CURSOR", "Accountant", "AccountantStats", "hour_lines"]
 
 log = logging.getLogger(__name__)
 
 ACCOUNTING_CURSOR = "accounting"
+QUALITY_OF_FLAG = {letter: quality for quality, letter in FLAG_LETTERS.items()}
 BATCH_BLOCKS = 2000
 
 _DayKey = tuple[str, str, str, str]  # collector, plant, unit, local day (ISO)
@@ -49,6 +52,7 @@ class AccountantStats:
     blocks_read: int = 0
     days_recomputed: int = 0
     hours_stored: int = 0
+    lines_written: int = 0
     failures: int = 0
 
 
@@ -77,13 +81,48 @@ def _units(document: Mapping[str, Any]) -> _Units | None:
     return found
 
 
+def _day_start_ms(day: date, margin_days: int) -> int:
+    """UTC ms of `day` at 00:00 UTC, widened by whole days (the plant's zone is within +-14 h)."""
+    midnight = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+    return midnight + margin_days * 86_400_000
+
+
+def _local_day(hour: Mapping[str, Any]) -> str:
+    return str(hour["start"])[:10]
+
+
+def hour_lines(plant_id: str, unit_id: str, hour: Mapping[str, Any]) -> list[str]:
+    """One stored hour as line protocol: `accounting` per pollutant (mean, corrected mean, mass,
+    valid minutes, substituted 0/1, flag as its stackline.v1 quality code) and `accounting_unit`
+    (standard dry flow, O2, fuel), at the hour's start. Tags are plant, unit (and pollutant):
+    a recomputed hour overwrites the same series at the same instant."""
+    start = int(hour["start_unix_ms"])
+    tags: dict[str, str | None] = {"plant": plant_id, "unit": unit_id}
+    lines = []
+    for name, row in sorted(hour["pollutants"].items()):
+        fields: dict[str, float | int] = {
+            "valid_minutes": int(row["valid_minutes"]), "substituted": 1 if row["substituted"] else 0,
+            "quality": QUALITY_OF_FLAG.get(row["flag"], 0)}
+        for key in ("mean_mg_per_m3", "corrected_mg_per_m3", "mass_kg"):
+            if row[key] is not None:
+                fields[key] = float(row[key])
+        lines.append(format_line("accounting", {**tags, "pollutant": name}, fields, start))
+    unit_fields = {key: float(hour[key]) for key in ("flow_std_dry_m3_per_h", "o2_percent", "fuel_t")
+                   if hour[key] is not None}
+    unit_fields["flow_substituted"] = 1 if hour["flow_substituted"] else 0
+    lines.append(format_line("accounting_unit", tags, unit_fields, start))
+    return lines
+
+
 class Accountant:
     """Follows the ledger and keeps the stored hourly accounting of every unit current."""
 
     def __init__(self, *, ledger: Ledger, gateway_id: str, interval_s: float = 60.0,
                  clock: Callable[[], float] = time.time,
-                 methodologies: Callable[[str], Methodology] = load_methodology) -> None:
+                 methodologies: Callable[[str], Methodology] = load_methodology,
+                 writer: TimeSeriesWriter | None = None) -> None:
         self.ledger = ledger
+        self.writer = writer
         self.gateway_id = gateway_id
         self.interval_s = interval_s
         self.clock = clock
@@ -93,6 +132,7 @@ class Accountant:
         self._units: dict[tuple[str, bytes], _Units | None] = {}
         self._days: dict[_DayKey, list[int]] = {}  # first and last sequence of the day's blocks
         self._started = False
+        self._unwritten: set[_DayKey] = set()  # days stored but not yet in the time-series store
 
     def __repr__(self) -> str:
         return (f"Accountant(gateway={self.gateway_id!r}, days={len(self._days)}, "
@@ -159,7 +199,32 @@ class Accountant:
                             "accountant in one gateway only", collector_id)
         for key in sorted(dirty):
             await self._recompute(key)
+        await self._write_unwritten()
         return len(dirty)
+
+    async def _write_unwritten(self) -> None:
+        """Copy recomputed days to the time-series store; a day the store refuses now is tried
+        again on the next run (the ledger holds it meanwhile)."""
+        if self.writer is None:
+            self._unwritten.clear()
+            return
+        for key in sorted(self._unwritten):
+            _, plant_id, unit_id, day_text = key
+            day = date.fromisoformat(day_text)
+            rows = await self.ledger.accounting_hours(
+                plant_id, unit_id, start_unix_ms=_day_start_ms(day, -1),
+                end_unix_ms=_day_start_ms(day + timedelta(days=1), +1))
+            lines = [line for _, text in rows
+                     for line in hour_lines(plant_id, unit_id, json.loads(text))
+                     if _local_day(json.loads(text)) == day_text]
+            try:
+                await self.writer.write(lines)
+            except TimeSeriesError as exc:
+                log.warning("accounting of %s/%s on %s not yet in the time-series store: %s", plant_id,
+                            unit_id, day_text, exc)
+                return
+            self._unwritten.discard(key)
+            self.stats.lines_written += len(lines)
 
     async def _recompute(self, key: _DayKey) -> None:
         collector_id, plant_id, unit_id, day_text = key
@@ -191,6 +256,7 @@ class Accountant:
                                                computed_unix_ms=int(self.clock() * 1000))
         self.stats.days_recomputed += 1
         self.stats.hours_stored += len(hours)
+        self._unwritten.add(key)
         log.info("accounted %s/%s on %s from blocks %d..%d of %s", plant_id, unit_id, day_text,
                  first, last, collector_id)
 
