@@ -74,8 +74,24 @@ def sample_report() -> dict[str, Any]:
         "units": {"concentration": "mg/m3", "mass": "kg", "flow": "m3/h", "co2_mass": "t", "fuel": "t"},
         "hours": hours,
         "days": [day],
+        "months": [_month(day)],
+        "years": [_year(day, _totals(hours, day))],
         "totals": _totals(hours, day),
     }
+
+
+def _month(day: dict[str, Any]) -> dict[str, Any]:
+    """November 2026 with one day in the report: too few valid days for a monthly mean."""
+    return {"month": "2026-11", "mean_mg_per_m3": dict.fromkeys(POLLUTANTS),
+            "flag": dict.fromkeys(POLLUTANTS, "B"), "valid_hours": day["valid_hours"],
+            "substituted_hours": day["substituted_hours"], "mass_kg": day["mass_kg"],
+            "fuel_t": day["fuel_t"], "co2_cems_t": day["co2_cems_t"], "provenance": day["provenance"]}
+
+
+def _year(day: dict[str, Any], totals: dict[str, Any]) -> dict[str, Any]:
+    return {"year": "2026", "mass_kg": day["mass_kg"], "fuel_t": day["fuel_t"],
+            "co2_cems_t": day["co2_cems_t"], "co2_fuel_t": totals["co2"]["fuel_t"],
+            "provenance": day["provenance"]}
 
 
 def _digest(text: str) -> str:

@@ -140,3 +140,45 @@ def test_the_report_is_deterministic() -> None:
     again = render_json(account_unit(unit=unit, blocks=list(reversed(blocks)), start=DAY,
                                      end=date(2026, 11, 11), methodology=methodology, gateway_id="g"))
     assert first == again  # byte for byte, whatever order the blocks come in
+
+
+def test_the_month_and_the_year_of_the_day(report: dict[str, Any]) -> None:
+    (month,) = report["months"]
+    # one valid day of November in the report: no monthly mean (25 valid days needed), flag B
+    assert (month["month"], month["mean_mg_per_m3"]["so2"], month["flag"]["so2"]) == ("2026-11", None, "B")
+    (day,) = report["days"]
+    assert month["mass_kg"] == day["mass_kg"] and month["fuel_t"] == day["fuel_t"]
+    (year,) = report["years"]
+    assert year["year"] == "2026"
+    assert year["co2_cems_t"] == pytest.approx(day["co2_cems_t"], rel=1e-12)
+    assert year["co2_fuel_t"] == report["totals"]["co2"]["fuel_t"]
+
+
+def test_a_month_with_25_valid_days_has_a_monthly_mean() -> None:
+    """Twenty-five days of hourly values make November valid; the monthly mean is over the days."""
+    blocks, document = day_of_blocks()
+    unit = unit_config_from_document(document, "unit-1")
+    shifted: list[BlockInput] = []
+    for offset in range(-9, 16):  # the generated day (November 10), repeated on November 1..25
+        for entry in blocks:
+            block = pb.Block()
+            block.CopyFrom(entry.block)
+            block.sequence = entry.sequence + (offset + 9) * 10_000
+            # SO2 alone keeps the test quick; the month's mean is what it is about
+            kept = [r for r in block.readings if r.point_id == "demo-plant/cems-1/so2"]
+            del block.readings[:]
+            block.readings.extend(kept)
+            for reading in block.readings:
+                reading.time_unix_ms += offset * 86_400_000
+            shifted.append(BlockInput(entry.collector_id, block.sequence, entry.block_hash, block))
+    november = account_unit(unit=unit, blocks=shifted, start=date(2026, 11, 1), end=date(2026, 11, 26),
+                            methodology=load_methodology("cn-mee-2022"), gateway_id="g")
+    (month,) = november["months"]
+    assert month["month"] == "2026-11" and len(november["days"]) == 25
+    assert month["mean_mg_per_m3"]["so2"] == pytest.approx(30.0, rel=1e-12)
+    assert month["flag"]["so2"] == "N"  # 25 of November's 30 days N: at least 75 %
+    # one day fewer and the month is invalid: 24 < 25 valid days
+    short = account_unit(unit=unit, blocks=[b for b in shifted if b.sequence < 24 * 10_000],
+                         start=date(2026, 11, 1), end=date(2026, 11, 26),
+                         methodology=load_methodology("cn-mee-2022"), gateway_id="g")
+    assert short["months"][0]["mean_mg_per_m3"]["so2"] is None

@@ -133,7 +133,7 @@ def test_json_refuses_nan() -> None:
 
 def test_csv_hourly_table_has_a_row_per_hour_in_column_order() -> None:
     report = sample_report()
-    hourly, daily, totals = sections(render_csv(report))
+    hourly, daily, monthly, yearly, totals = sections(render_csv(report))
     expected_header = ["start"]
     for name in POLLUTANTS:
         expected_header += [f"{name}_mean_mg_per_m3", f"{name}_corrected_mg_per_m3", f"{name}_flag",
@@ -159,6 +159,17 @@ def test_csv_hourly_table_has_a_row_per_hour_in_column_order() -> None:
     assert len(daily) == 2 and daily[1][0] == "2026-11-28"
     assert dict(zip(daily[0], daily[1], strict=True))["so2_valid_hours"] == "21"
     assert len(totals) == 2
+    month = dict(zip(monthly[0], monthly[1], strict=True))
+    assert (month["month"], month["so2_mean_mg_per_m3"], month["so2_flag"]) == ("2026-11", "", "B")
+    assert month["so2_mass_kg"] == cell(report["days"][0]["mass_kg"]["so2"])
+    year = dict(zip(yearly[0], yearly[1], strict=True))
+    assert (year["year"], year["co2_fuel_t"]) == ("2026", cell(report["totals"]["co2"]["fuel_t"]))
+
+
+def test_html_has_monthly_and_annual_tables() -> None:
+    page = render_html(sample_report())
+    assert '<table data-table="monthly">' in page and '<table data-table="annual">' in page
+    assert "<td class=\"text\">2026-11</td>" in page and "<td class=\"text\">2026</td>" in page
 
 
 def test_csv_totals_carry_both_co2_figures_and_their_difference() -> None:

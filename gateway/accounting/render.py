@@ -130,6 +130,28 @@ def _csv(report: Mapping[str, Any]) -> str:
         writer.writerow(row)
 
     writer.writerow([])
+    header = ["month"]
+    for name in pollutants:
+        header += [f"{name}_valid_hours", f"{name}_substituted_hours", f"{name}_mean_mg_per_m3",
+                   f"{name}_flag", f"{name}_mass_kg"]
+    header += ["fuel_t", "co2_cems_t"]
+    writer.writerow(header)
+    for month in report.get("months", []):
+        row = [_cell(month["month"])]
+        for name in pollutants:
+            row += [_cell(month[key][name]) for key in
+                    ("valid_hours", "substituted_hours", "mean_mg_per_m3", "flag", "mass_kg")]
+        row += [_cell(month["fuel_t"]), _cell(month["co2_cems_t"])]
+        writer.writerow(row)
+
+    writer.writerow([])
+    writer.writerow(["year", *(f"{name}_mass_kg" for name in pollutants), "fuel_t", "co2_cems_t",
+                     "co2_fuel_t"])
+    for year in report.get("years", []):
+        writer.writerow([_cell(year["year"]), *(_cell(year["mass_kg"][name]) for name in pollutants),
+                         _cell(year["fuel_t"]), _cell(year["co2_cems_t"]), _cell(year["co2_fuel_t"])])
+
+    writer.writerow([])
     totals = report["totals"]
     co2 = totals["co2"]
     header = ["period"]
@@ -263,6 +285,8 @@ def _html(report: Mapping[str, Any]) -> str:
         _substitutions_section(report, pollutants, hours),
         _hourly_section(report, pollutants, hours),
         _daily_section(report, pollutants),
+        _monthly_section(report, pollutants),
+        _yearly_section(report, pollutants),
         _provenance_section(report, hours),
         "</body>",
         "</html>",
@@ -445,6 +469,43 @@ def _flag_cell(flag: object) -> str:
 
 
 def _daily_section(report: Mapping[str, Any], pollutants: Sequence[str]) -> str:
+    return _periods_section(report, pollutants, key="days", label="date", title="Daily values",
+                            heading="Date (local)",
+                            note="The daily mean is over valid hours only; the daily mass includes "
+                                 "substituted hours.")
+
+
+def _monthly_section(report: Mapping[str, Any], pollutants: Sequence[str]) -> str:
+    return _periods_section(report, pollutants, key="months", label="month", title="Monthly values",
+                            heading="Month (local)",
+                            note="A monthly mean needs 25 valid days (23 in February), so a month "
+                                 "only partly in the report has none; masses are the sums of its "
+                                 "hours in the report.")
+
+
+def _yearly_section(report: Mapping[str, Any], pollutants: Sequence[str]) -> str:
+    units = report["units"]
+    head = "".join(f"<th>{escape(name)} mass ({_text(units['mass'])})</th>" for name in pollutants)
+    rows = []
+    for year in report.get("years", []):
+        cells = [f'<td class="text">{_text(year["year"])}</td>']
+        cells += [f'<td class="num">{_text(year["mass_kg"][name])}</td>' for name in pollutants]
+        cells += [f'<td class="num">{_text(year[key])}</td>'
+                  for key in ("fuel_t", "co2_cems_t", "co2_fuel_t")]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        '<section id="annual"><h2>Annual totals</h2>'
+        "<p>Sums over the hours of each year inside the report's period.</p>"
+        '<div class="scroll"><table data-table="annual"><thead>'
+        f'<tr><th class="text">Year</th>{head}<th>Fuel ({_text(units["fuel"])})</th>'
+        f'<th>CO2 by CEMS ({_text(units["co2_mass"])})</th>'
+        f'<th>CO2 by fuel ({_text(units["co2_mass"])})</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
+
+
+def _periods_section(report: Mapping[str, Any], pollutants: Sequence[str], *, key: str, label: str,
+                     title: str, heading: str, note: str) -> str:
     units = report["units"]
     top = "".join(f'<th colspan="5">{escape(name)}</th>' for name in pollutants)
     sub = "".join(
@@ -453,8 +514,8 @@ def _daily_section(report: Mapping[str, Any], pollutants: Sequence[str]) -> str:
         for _ in pollutants
     )
     rows = []
-    for day in report["days"]:
-        cells = [f'<td class="text">{_text(day["date"])}</td>']
+    for day in report.get(key, []):
+        cells = [f'<td class="text">{_text(day[label])}</td>']
         for name in pollutants:
             cells += [
                 f'<td class="num">{_text(day["valid_hours"][name])}</td>',
@@ -466,11 +527,12 @@ def _daily_section(report: Mapping[str, Any], pollutants: Sequence[str]) -> str:
         cells += [f'<td class="num">{_text(day["fuel_t"])}</td>',
                   f'<td class="num">{_text(day["co2_cems_t"])}</td>']
         rows.append(f"<tr>{''.join(cells)}</tr>")
+    section = "daily" if key == "days" else "monthly"
     return (
-        '<section id="daily"><h2>Daily values</h2>'
-        "<p>The daily mean is over valid hours only; the daily mass includes substituted hours.</p>"
-        '<div class="scroll"><table data-table="daily"><thead>'
-        f'<tr><th class="text" rowspan="2">Date (local)</th>{top}'
+        f'<section id="{section}"><h2>{escape(title)}</h2>'
+        f"<p>{escape(note)}</p>"
+        f'<div class="scroll"><table data-table="{section}"><thead>'
+        f'<tr><th class="text" rowspan="2">{escape(heading)}</th>{top}'
         f'<th rowspan="2">Fuel ({_text(units["fuel"])})</th>'
         f'<th rowspan="2">CO2 by CEMS ({_text(units["co2_mass"])})</th></tr>'
         f"<tr>{sub}</tr></thead><tbody>{''.join(rows)}</tbody></table></div></section>"

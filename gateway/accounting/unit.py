@@ -35,6 +35,7 @@ from gateway.accounting.aggregate import (
     daily_values,
     hourly_values,
     minute_values,
+    monthly_values,
 )
 from gateway.accounting.conversions import (
     correct_to_reference_o2,
@@ -326,6 +327,11 @@ def account_unit(*, unit: UnitConfig, blocks: Sequence[BlockInput], start: date,
             "pollutants": {name: pollutant_rows[name][index] for name in POLLUTANTS},
             "provenance": collected.trails[h].document() if h in collected.trails else None,
         })
+    daily: dict[str, list[PeriodValue]] = {}
+    days = _days(hours, hour_docs, series, collected.trails, thresholds=thresholds, tz=tz, daily=daily)
+    totals = _totals(unit, hour_docs, collected.trails, methodology)
+    month_docs, years = _periods(hours, hour_docs, collected.trails, daily, thresholds=thresholds, tz=tz,
+                                 months=totals["co2"]["fuel_months"])
     return {
         "format": REPORT_FORMAT,
         "plant": {"id": unit.plant_id, "name": unit.plant_name, "timezone": unit.timezone},
@@ -337,8 +343,10 @@ def account_unit(*, unit: UnitConfig, blocks: Sequence[BlockInput], start: date,
         "units": {"concentration": "mg/m3", "mass": "kg", "flow": "m3/h", "co2_mass": "t", "fuel": "t"},
         "reference_o2_percent": reference_o2,
         "hours": hour_docs,
-        "days": _days(hours, hour_docs, series, collected.trails, thresholds=thresholds, tz=tz),
-        "totals": _totals(unit, hour_docs, collected.trails, methodology),
+        "days": days,
+        "months": month_docs,
+        "years": years,
+        "totals": totals,
     }
 
 
@@ -351,9 +359,59 @@ def _counts(docs: Sequence[Mapping[str, Any]], kind: str) -> dict[str, int]:
     return {n: sum(1 for d in docs if counted(d["pollutants"][n])) for n in POLLUTANTS}
 
 
+def _trail_of(hours: Iterable[int], trails: Mapping[int, _Trail]) -> _Trail:
+    trail = _Trail()
+    for h in hours:
+        if h in trails:
+            trail.merge(trails[h])
+    return trail
+
+
+def _periods(hours: list[int], hour_docs: list[dict[str, Any]], trails: Mapping[int, _Trail],
+             daily: Mapping[str, list[PeriodValue]], *, thresholds: Thresholds, tz: ZoneInfo,
+             months: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Monthly values (HJ 75: 25 valid days, 23 in February) and annual totals; a month or year
+    only partly inside the report's period is shown for the part inside it (so a monthly mean
+    needs the whole month in the period)."""
+    by_month: dict[str, list[int]] = defaultdict(list)
+    for index, h in enumerate(hours):
+        by_month[_iso(h, tz)[:7]].append(index)
+    month_docs: list[dict[str, Any]] = []
+    for month, indexes in sorted(by_month.items()):
+        docs = [hour_docs[i] for i in indexes]
+        means: dict[str, float | None] = {}
+        flags: dict[str, str] = {}
+        for name in POLLUTANTS:
+            days = [d for d in daily.get(name, []) if _iso(d.start_unix_ms, tz)[:7] == month]
+            values = monthly_values(days, thresholds=thresholds, tz=tz) if days else []
+            means[name] = values[0].mean if values else None
+            flags[name] = values[0].flag if values else "B"
+        month_docs.append({
+            "month": month, "mean_mg_per_m3": means, "flag": flags,
+            "valid_hours": _counts(docs, "valid"), "substituted_hours": _counts(docs, "substituted"),
+            "mass_kg": {n: _sum(d["pollutants"][n]["mass_kg"] for d in docs) for n in POLLUTANTS},
+            "fuel_t": _sum(d["fuel_t"] for d in docs), "co2_cems_t": _co2_t(docs),
+            "provenance": _trail_of((hours[i] for i in indexes), trails).document(),
+        })
+    years = []
+    for year in sorted({month[:4] for month in by_month}):
+        indexes = [i for i, h in enumerate(hours) if _iso(h, tz)[:4] == year]
+        docs = [hour_docs[i] for i in indexes]
+        fuel_months = [m for m in months if m["month"][:4] == year]
+        years.append({
+            "year": year,
+            "mass_kg": {n: _sum(d["pollutants"][n]["mass_kg"] for d in docs) for n in POLLUTANTS},
+            "fuel_t": _sum(d["fuel_t"] for d in docs), "co2_cems_t": _co2_t(docs),
+            "co2_fuel_t": math.fsum(m["co2_t"] for m in fuel_months) if fuel_months else None,
+            "provenance": _trail_of((hours[i] for i in indexes), trails).document(),
+        })
+    return month_docs, years
+
+
 def _days(hours: list[int], hour_docs: list[dict[str, Any]],
           series: Mapping[str, Mapping[int, PeriodValue]], trails: Mapping[int, _Trail], *,
-          thresholds: Thresholds, tz: ZoneInfo) -> list[dict[str, Any]]:
+          thresholds: Thresholds, tz: ZoneInfo,
+          daily: dict[str, list[PeriodValue]]) -> list[dict[str, Any]]:
     by_day: dict[str, list[int]] = defaultdict(list)
     for index, h in enumerate(hours):
         by_day[_iso(h, tz)[:10]].append(index)
@@ -372,6 +430,7 @@ def _days(hours: list[int], hour_docs: list[dict[str, Any]],
             values = daily_values(present, thresholds=thresholds, tz=tz) if present else []
             means[name] = values[0].mean if values else None
             flags[name] = values[0].flag if values else "B"
+            daily.setdefault(name, []).extend(values)
         days.append({
             "date": day,
             "valid_hours": _counts(docs, "valid"),
