@@ -451,6 +451,10 @@ class AccountingUnit(_Strict):
         default=101.325, gt=50, lt=120,
         description="site barometric pressure, for standard-state flow (no barometer point read)")
     fuel: Identifier = Field(default="coal", description="the fuel its totalizers count")
+    duct_area_m2: float | None = Field(
+        default=None, gt=0, lt=1000,
+        description="stack cross-section at the flow monitor, for units that measure velocity "
+                    "(a01011) rather than flow (a00000)")
 
 
 class LabValue(_Strict):

@@ -17,7 +17,7 @@ from collector.config import load_plant
 from collector.plan import compile_plan
 from gateway.accounting.methodology import load_methodology
 from gateway.accounting.render import render_json
-from gateway.accounting.unit import BlockInput, account_unit, unit_config_from_document
+from gateway.accounting.unit import BlockInput, UnitConfig, account_unit, unit_config_from_document
 from proto.stackline.v1 import stackline_pb2 as pb
 from tests.conftest import DEMO_PLANT
 
@@ -182,3 +182,33 @@ def test_a_month_with_25_valid_days_has_a_monthly_mean() -> None:
                          start=date(2026, 11, 1), end=date(2026, 11, 26),
                          methodology=load_methodology("cn-mee-2022"), gateway_id="g")
     assert short["months"][0]["mean_mg_per_m3"]["so2"] is None
+
+
+def test_a_unit_measuring_ppm_and_velocity_is_converted() -> None:
+    """SO2 reported in ppm (converted with M = 64 g/mol) and velocity instead of flow (times the
+    duct's cross-section): one hour, every 5 s."""
+    unit = UnitConfig(
+        plant_id="p", plant_name="", timezone="UTC", unit_id="u", emission_standard="coal_boiler",
+        barometric_pressure_kpa=101.325, fuel="coal", methodology="cn-mee-2022",
+        points={"p/a/so2": "a21026", "p/a/v": "a01011", "p/a/t": "a01012", "p/a/ps": "a01013",
+                "p/a/h2o": "a01014", "p/a/o2": "a19001"},
+        point_units={"p/a/so2": "ppm", "p/a/v": "m/s", "p/a/t": "degC", "p/a/ps": "kPa",
+                     "p/a/h2o": "%", "p/a/o2": "%"},
+        duct_area_m2=12.5)
+    values = {"p/a/so2": 10.0, "p/a/v": 10.0, "p/a/t": 120.0, "p/a/ps": 0.0, "p/a/h2o": 10.0,
+              "p/a/o2": 6.0}
+    start = int(datetime(2026, 11, 10, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)
+    block = pb.Block(collector_id="c", sequence=1, kind=pb.BLOCK_KIND_READINGS)
+    for step in range(720):
+        for point_id, value in values.items():
+            block.readings.add(point_id=point_id, time_unix_ms=start + step * 5000, value=value,
+                               quality=pb.QUALITY_NORMAL)
+    report = account_unit(unit=unit, blocks=[BlockInput("c", 1, b"\x01" * 32, block)],
+                          start=date(2026, 11, 10), end=date(2026, 11, 11),
+                          methodology=load_methodology("cn-mee-2022"), gateway_id="g")
+    first = report["hours"][0]
+    flow = 10.0 * 12.5 * 3600 * 273 / (273 + 120.0) * (1 - 0.10)
+    assert first["flow_std_dry_m3_per_h"] == pytest.approx(flow, rel=1e-12)
+    so2 = first["pollutants"]["so2"]
+    assert so2["mean_mg_per_m3"] == pytest.approx(10.0 * 64 / 22.4, rel=1e-12)  # 28.571 mg/m3
+    assert so2["mass_kg"] == pytest.approx(10.0 * 64 / 22.4 * flow * 1e-6, rel=1e-12)

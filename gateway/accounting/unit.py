@@ -38,8 +38,11 @@ from gateway.accounting.aggregate import (
     monthly_values,
 )
 from gateway.accounting.conversions import (
+    MOLAR_MASS_G_PER_MOL,
+    actual_flow_m3_per_h,
     correct_to_reference_o2,
     hourly_emission_kg,
+    ppm_to_mg_per_m3,
     standard_dry_flow_m3_per_h,
 )
 from gateway.accounting.ets import MonthlyFuelRecord, monthly_fuel_co2
@@ -64,7 +67,12 @@ POLLUTANTS: dict[str, str] = {"so2": "a21026", "nox": "a21002", "particulate": "
 # the flue-gas quantities the standard dry flow and the O2 correction need
 FLUE_QUANTITIES: dict[str, str] = {
     "flow_m3_per_s": "a00000", "temperature_c": "a01012", "static_pressure_kpa": "a01013",
-    "moisture_percent": "a01014", "o2_percent": "a19001",
+    "moisture_percent": "a01014", "o2_percent": "a19001", "velocity_m_per_s": "a01011",
+}
+# the molar mass a pollutant reported in ppm converts with (NOx is reported as NO2)
+PPM_MOLAR_MASS_G_PER_MOL: dict[str, float] = {
+    "a21026": MOLAR_MASS_G_PER_MOL["SO2"], "a21002": MOLAR_MASS_G_PER_MOL["NO2"],
+    "a05001": MOLAR_MASS_G_PER_MOL["CO2"], "a21005": MOLAR_MASS_G_PER_MOL["CO"],
 }
 HOUR_MS = 3_600_000
 
@@ -98,6 +106,8 @@ class UnitConfig:
     methodology: str
     points: Mapping[str, str]  # point id → quantity, for the unit's points
     lab_values: Mapping[tuple[str, str], tuple[float, float | None]] = field(default_factory=dict)
+    point_units: Mapping[str, str] = field(default_factory=dict)  # point id → engineering unit
+    duct_area_m2: float | None = None
     # (YYYY-MM, fuel) → (NCV GJ/t, measured carbon content tC/t or None)
 
 
@@ -115,11 +125,14 @@ def unit_config_from_document(document: Mapping[str, Any], unit_id: str) -> Unit
         raise AccountingError(
             f"plant {plant.get('id')!r} has no accounting unit {unit_id!r} (units: {known})")
     points: dict[str, str] = {}
+    point_units: dict[str, str] = {}
     for device in document.get("devices") or []:
         if device.get("emission_unit") != unit_id:
             continue
         for point in (device.get("profile") or {}).get("points") or []:
-            points[f"{plant.get('id')}/{device.get('id')}/{point.get('name')}"] = str(point.get("quantity"))
+            point_id = f"{plant.get('id')}/{device.get('id')}/{point.get('name')}"
+            points[point_id] = str(point.get("quantity"))
+            point_units[point_id] = str(point.get("unit"))
     lab = {(str(v["month"]), str(v.get("fuel", "coal"))): (float(v["ncv_gj_per_t"]),
            None if v.get("carbon_content_tc_per_t") is None else float(v["carbon_content_tc_per_t"]))
            for v in accounting.get("lab_values") or []}
@@ -129,7 +142,8 @@ def unit_config_from_document(document: Mapping[str, Any], unit_id: str) -> Unit
         emission_standard=str(unit.get("emission_standard", "coal_boiler")),
         barometric_pressure_kpa=float(unit.get("barometric_pressure_kpa", 101.325)),
         fuel=str(unit.get("fuel", "coal")), methodology=str(accounting.get("methodology", "cn-mee-2022")),
-        points=points, lab_values=lab,
+        points=points, lab_values=lab, point_units=point_units,
+        duct_area_m2=None if unit.get("duct_area_m2") is None else float(unit["duct_area_m2"]),
     )
 
 
@@ -225,7 +239,10 @@ def _collect(unit: UnitConfig, blocks: Sequence[BlockInput], period_start: int,
                 continue
             hour = period_start + (t - period_start) // HOUR_MS * HOUR_MS
             if quantity in wanted:
-                collected.by_quantity[quantity].append(Sample(t, reading.value, reading.quality))
+                value = reading.value
+                if unit.point_units.get(reading.point_id) == "ppm" and quantity in PPM_MOLAR_MASS_G_PER_MOL:
+                    value = ppm_to_mg_per_m3(value, molar_mass_g_per_mol=PPM_MOLAR_MASS_G_PER_MOL[quantity])
+                collected.by_quantity[quantity].append(Sample(t, value, reading.quality))
             elif quantity == fuel_quantity and reading.HasField("increment"):
                 collected.fuel_by_hour[hour].append(reading.increment)
             else:
@@ -238,14 +255,28 @@ def _cause(flag: str) -> str:
     return "maintenance" if flag in ("M", "C") else "out_of_control" if flag == "D" else "missing"
 
 
+def _actual_flow(h: int, flue: Mapping[str, Mapping[int, PeriodValue]],
+                 duct_area_m2: float | None) -> PeriodValue | None:
+    """The hour's actual flow in m3/s: measured (a00000), or velocity (a01011) times the duct's
+    cross-section when the unit measures velocity."""
+    measured = flue["flow_m3_per_s"].get(h)
+    velocity = flue["velocity_m_per_s"].get(h)
+    if measured is not None or velocity is None or duct_area_m2 is None:
+        return measured
+    mean = None if velocity.mean is None else actual_flow_m3_per_h(
+        duct_area_m2=duct_area_m2, velocity_m_per_s=velocity.mean) / 3600
+    return PeriodValue(velocity.start_unix_ms, velocity.end_unix_ms, mean, None, None,
+                       velocity.valid_count, velocity.total_count, velocity.flag)
+
+
 def _flow_slots(hours: list[int], flue: Mapping[str, Mapping[int, PeriodValue]],
-                barometric_pa: float) -> list[HourSlot]:
+                barometric_pa: float, duct_area_m2: float | None) -> list[HourSlot]:
     """The standard dry flow of each hour, valid when its four inputs are; otherwise it takes the
     measured flow's own flag when that says why, and B (no data) when it does not."""
     slots = []
     for h in hours:
-        parts = [flue[name].get(h) for name in ("flow_m3_per_s", "temperature_c", "static_pressure_kpa",
-                                                  "moisture_percent")]
+        parts = [_actual_flow(h, flue, duct_area_m2)] + [
+            flue[name].get(h) for name in ("temperature_c", "static_pressure_kpa", "moisture_percent")]
         means = [p.mean if p is not None else None for p in parts]
         value: float | None = None
         if all(m is not None for m in means):
@@ -303,7 +334,7 @@ def account_unit(*, unit: UnitConfig, blocks: Sequence[BlockInput], start: date,
               for q, samples in collected.by_quantity.items()}
     flue = {name: series.get(code, {}) for name, code in FLUE_QUANTITIES.items()}
     history = history or {}
-    flow_slots = _flow_slots(hours, flue, unit.barometric_pressure_kpa * 1000)
+    flow_slots = _flow_slots(hours, flue, unit.barometric_pressure_kpa * 1000, unit.duct_area_m2)
     flows = substitute(flow_slots, history=history.get("flow", ()), capture_rate=capture_rate(flow_slots),
                        methodology=methodology, tz=tz)
     reference_o2 = methodology.number(f"reference_o2_percent.{unit.emission_standard}", start)
