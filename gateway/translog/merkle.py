@@ -1,0 +1,516 @@
+"""RFC 9162 (RFC 6962) Merkle tree: hashing, proof verification, and proof generation from stored
+complete-subtree hashes. Pure: no I/O beyond the `HashStore` passed in.
+
+Terms follow RFC 9162 section 2.1: D[n] is the list of n leaf inputs, MTH the Merkle Tree Hash,
+PATH an inclusion proof (audit path), PROOF a consistency proof. RFC 9162's `first` / `second`
+tree sizes are `old_size` / `new_size` here.
+
+Storage layout (see `HashStore`): node (level, index) is the root of the complete subtree over
+leaves [index * 2**level, (index + 1) * 2**level); level 0 holds the leaf hashes. Only complete
+subtrees are stored, and a stored node never changes, so every proof is assembled from
+O(log n) stored nodes; only the incomplete right edge of a tree is hashed on request, from the
+complete pieces it is made of.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+from typing import Protocol, TypeAlias
+
+from gateway.errors import GatewayError, LedgerError
+
+__all__ = [
+    "EMPTY_ROOT",
+    "HASH_SIZE",
+    "HashStore",
+    "MemoryHashStore",
+    "MerkleTree",
+    "NodeId",
+    "NodeWrite",
+    "ProofError",
+    "ProofFailure",
+    "ProofRequestError",
+    "leaf_hash",
+    "node_hash",
+    "root_from_leaves",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
+HASH_SIZE = 32
+"""Bytes in a SHA-256 hash, and so in every leaf, node, root and proof element."""
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+"""MTH({}) = HASH(), the root of the empty tree (RFC 9162 section 2.1.1)."""
+
+_LEAF_PREFIX = b"\x00"
+_NODE_PREFIX = b"\x01"
+
+NodeId: TypeAlias = tuple[int, int]
+"""(level, index) of a complete subtree: leaves [index * 2**level, (index + 1) * 2**level)."""
+
+NodeWrite: TypeAlias = tuple[int, int, bytes]
+"""(level, index, hash) of a complete subtree, as written to a `HashStore`."""
+
+
+# --- Errors ------------------------------------------------------------------------------------
+
+
+class ProofFailure(StrEnum):
+    """Why a proof was rejected; stable values for verdicts and API answers."""
+
+    INVALID_SIZE = "invalid_size"
+    """A tree size below zero."""
+    INDEX_OUT_OF_RANGE = "index_out_of_range"
+    """The leaf index is not below the tree size (RFC 9162 section 2.1.3.2 step 1)."""
+    SIZE_DECREASED = "size_decreased"
+    """The old tree is larger than the new one."""
+    EMPTY_OLD_TREE = "empty_old_tree"
+    """A consistency proof from a tree of size 0: RFC 9162 section 2.1.4.1 defines none."""
+    PROOF_NOT_EMPTY = "proof_not_empty"
+    """Equal tree sizes need no proof, yet one was given."""
+    EMPTY_PROOF = "empty_proof"
+    """A consistency proof with no hashes where one is needed (RFC 9162 section 2.1.4.2 step 1)."""
+    BAD_HASH_LENGTH = "bad_hash_length"
+    """A leaf hash, root or proof element that is not a 32-byte SHA-256 hash."""
+    WRONG_PROOF_LENGTH = "wrong_proof_length"
+    """More or fewer proof hashes than the tree sizes call for."""
+    OLD_ROOT_MISMATCH = "old_root_mismatch"
+    """A consistency proof that does not reproduce the old root."""
+    ROOT_MISMATCH = "root_mismatch"
+    """The proof does not lead to the (new) root it is checked against."""
+
+
+class ProofError(GatewayError):
+    """An inclusion or consistency proof that does not verify; `reason` says which rule failed."""
+
+    def __init__(self, reason: ProofFailure, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ProofRequestError(GatewayError):
+    """A root or proof asked for a size or index the tree does not have (the request is wrong,
+    not the log)."""
+
+
+# --- Hashing (RFC 9162 section 2.1.1) ------------------------------------------------------------
+
+
+def leaf_hash(data: bytes) -> bytes:
+    """HASH(0x00 || data): the hash of one leaf input (RFC 9162 section 2.1.1)."""
+    return hashlib.sha256(_LEAF_PREFIX + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """HASH(0x01 || left || right): an interior node (RFC 9162 section 2.1.1)."""
+    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
+
+
+def root_from_leaves(leaf_hashes: Sequence[bytes]) -> bytes:
+    """MTH(D[n]) from the n leaf hashes (RFC 9162 section 2.1.1); the empty tree gives HASH().
+
+    Computed bottom-up, carrying an odd last node up unchanged, which equals the RFC's split at
+    the largest power of two below n at every level.
+    """
+    if not leaf_hashes:
+        return EMPTY_ROOT
+    level = list(leaf_hashes)
+    while len(level) > 1:
+        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
+
+
+# --- Tree shape: which subtrees a root or proof is made of -------------------------------------
+
+
+def _split(size: int) -> int:
+    """k, the largest power of two smaller than size (size >= 2; RFC 9162 section 2.1.1)."""
+    return 1 << ((size - 1).bit_length() - 1)
+
+
+def _subtree_nodes(start: int, end: int) -> list[NodeId]:
+    """The complete subtrees, left to right, whose right-to-left fold is MTH(D[start:end]).
+
+    Holds for every subtree the RFC's recursion produces: such a start is a multiple of the
+    smallest power of two not below end - start, so each piece of the binary decomposition of
+    the length is an aligned complete subtree.
+    """
+    nodes: list[NodeId] = []
+    while start < end:
+        level = (end - start).bit_length() - 1
+        nodes.append((level, start >> level))
+        start += 1 << level
+    return nodes
+
+
+def _inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose MTHs make up PATH(index, D[size]), bottom-up (RFC 9162 2.1.3.1).
+
+    PATH(m, D[n]) = PATH(m, D[0:k]) : MTH(D[k:n]) for m < k, and
+    PATH(m - k, D[k:n]) : MTH(D[0:k]) otherwise; walked top-down here, then reversed.
+    """
+    ranges: list[tuple[int, int]] = []
+    start, m, n = 0, index, size
+    while n > 1:
+        k = _split(n)
+        if m < k:
+            ranges.append((start + k, start + n))
+            n = k
+        else:
+            ranges.append((start, start + k))
+            start, m, n = start + k, m - k, n - k
+    ranges.reverse()
+    return ranges
+
+
+def _consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose MTHs make up PROOF(old_size, D[new_size]), bottom-up (RFC 9162
+    section 2.1.4.1), for 0 < old_size <= new_size.
+
+    SUBPROOF(m, D[m], true) = {}; SUBPROOF(m, D[m], false) = {MTH(D[m])};
+    for m < n: SUBPROOF(m, D[0:k], b) : MTH(D[k:n]) if m <= k,
+    else SUBPROOF(m - k, D[k:n], false) : MTH(D[0:k]).
+    """
+    ranges: list[tuple[int, int]] = []
+    start, m, n, whole_old_tree = 0, old_size, new_size, True
+    while m != n:
+        k = _split(n)
+        if m <= k:
+            ranges.append((start + k, start + n))
+            n = k
+        else:
+            ranges.append((start, start + k))
+            start, m, n, whole_old_tree = start + k, m - k, n - k, False
+    if not whole_old_tree:
+        ranges.append((start, start + n))
+    ranges.reverse()
+    return ranges
+
+
+def _fold_right(hashes: Sequence[bytes]) -> bytes:
+    """node(h0, node(h1, ... node(h[-2], h[-1]))): MTH from its complete-subtree pieces."""
+    result = hashes[-1]
+    for left in reversed(hashes[:-1]):
+        result = node_hash(left, result)
+    return result
+
+
+# --- Verification (RFC 9162 sections 2.1.3.2 and 2.1.4.2) ----------------------------------------
+
+
+def _check_hash(what: str, value: bytes) -> None:
+    if len(value) != HASH_SIZE:
+        raise ProofError(ProofFailure.BAD_HASH_LENGTH, f"{what} is {len(value)} bytes, want {HASH_SIZE}")
+
+
+def verify_inclusion(*, leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes],
+                     root: bytes) -> None:
+    """Check that `leaf_hash` is leaf `index` of the tree of `size` leaves with `root`.
+
+    The algorithm of RFC 9162 section 2.1.3.2, step by step; raises `ProofError` naming the
+    first rule that fails (returns None when the proof holds). Hash lengths are checked first so
+    that an empty or truncated hash can never pass as a root.
+    """
+    if size < 0:
+        raise ProofError(ProofFailure.INVALID_SIZE, f"tree size {size} is negative")
+    # Step 1: leaf_index must be below tree_size (so an empty tree includes nothing).
+    if not 0 <= index < size:
+        raise ProofError(ProofFailure.INDEX_OUT_OF_RANGE,
+                         f"leaf index {index} is outside a tree of size {size}")
+    _check_hash("leaf hash", leaf_hash)
+    _check_hash("root", root)
+    for position, element in enumerate(proof):
+        _check_hash(f"proof element {position}", element)
+
+    want = len(_inclusion_ranges(index, size))
+    fn, sn = index, size - 1  # step 2
+    r = leaf_hash  # step 3
+    for p in proof:  # step 4
+        if sn == 0:
+            raise ProofError(ProofFailure.WRONG_PROOF_LENGTH,
+                             f"{len(proof)} hashes, want {want} for leaf {index} of {size}")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = node_hash(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    # Step 5.
+    if sn != 0:
+        raise ProofError(ProofFailure.WRONG_PROOF_LENGTH,
+                         f"{len(proof)} hashes, want {want} for leaf {index} of {size}")
+    if r != root:
+        raise ProofError(ProofFailure.ROOT_MISMATCH,
+                         f"proof for leaf {index} of {size} leads to {r.hex()}, not {root.hex()}")
+
+
+def verify_consistency(*, old_size: int, new_size: int, old_root: bytes, new_root: bytes,
+                       proof: Sequence[bytes]) -> None:
+    """Check that the tree of `new_size` leaves with `new_root` extends the one of `old_size`
+    with `old_root`; raises `ProofError` naming the first rule that fails.
+
+    For 0 < old_size < new_size this is RFC 9162 section 2.1.4.2, step by step. The RFC defines
+    proofs only for 0 < first < second, so the edges are rules of this project, the same as
+    the transparency-dev reference vectors: equal sizes need an empty proof and equal roots
+    (and size 0 the empty-tree root, HASH()); a proof from size 0 to a larger tree is refused
+    (it would prove nothing).
+    """
+    if old_size < 0 or new_size < 0:
+        raise ProofError(ProofFailure.INVALID_SIZE, f"tree sizes {old_size} and {new_size}: one is negative")
+    if old_size > new_size:
+        raise ProofError(ProofFailure.SIZE_DECREASED,
+                         f"old size {old_size} is larger than new size {new_size}")
+    if old_size == new_size:
+        if proof:
+            raise ProofError(ProofFailure.PROOF_NOT_EMPTY,
+                             f"{len(proof)} proof hashes for two trees of the same size {old_size}")
+        if old_size == 0 and (old_root != EMPTY_ROOT or new_root != EMPTY_ROOT):
+            raise ProofError(ProofFailure.ROOT_MISMATCH,
+                             f"a tree of size 0 has root {EMPTY_ROOT.hex()} (SHA-256 of nothing)")
+        if old_root != new_root:
+            raise ProofError(ProofFailure.ROOT_MISMATCH,
+                             f"two trees of size {old_size} with different roots")
+        return
+    if old_size == 0:
+        raise ProofError(ProofFailure.EMPTY_OLD_TREE,
+                         f"no consistency proof from an empty tree (to size {new_size})")
+    # Step 1.
+    if not proof:
+        raise ProofError(ProofFailure.EMPTY_PROOF, f"empty proof from size {old_size} to {new_size}")
+    _check_hash("old root", old_root)
+    _check_hash("new root", new_root)
+    for position, element in enumerate(proof):
+        _check_hash(f"proof element {position}", element)
+
+    want = len(_consistency_ranges(old_size, new_size))
+    wrong_length = ProofError(ProofFailure.WRONG_PROOF_LENGTH,
+                              f"{len(proof)} hashes, want {want} from size {old_size} to {new_size}")
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:  # step 2: first is an exact power of 2
+        path.insert(0, old_root)
+    fn, sn = old_size - 1, new_size - 1  # step 3
+    while fn & 1:  # step 4
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]  # step 5
+    for c in path[1:]:  # step 6
+        if sn == 0:
+            raise wrong_length
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node_hash(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    # Step 7.
+    if sn != 0:
+        raise wrong_length
+    if fr != old_root:
+        raise ProofError(ProofFailure.OLD_ROOT_MISMATCH,
+                         f"proof leads to old root {fr.hex()} at size {old_size}, not {old_root.hex()}")
+    if sr != new_root:
+        raise ProofError(ProofFailure.ROOT_MISMATCH,
+                         f"proof leads to new root {sr.hex()} at size {new_size}, not {new_root.hex()}")
+
+
+# --- Storage -----------------------------------------------------------------------------------
+
+
+class HashStore(Protocol):
+    """Where a `MerkleTree` keeps the hashes of its complete subtrees, and its leaf count.
+
+    Layout, one row per node, shaped for a SQL table later::
+
+        CREATE TABLE merkle_node (
+            level INTEGER NOT NULL,   -- 0 = leaf hashes; a node at level L spans 2**L leaves
+            idx   BIGINT  NOT NULL,   -- position on its level, from 0
+            hash  BYTEA   NOT NULL,   -- 32 bytes
+            PRIMARY KEY (level, idx)
+        );
+
+    plus the leaf count (a one-row table, or max(idx) + 1 at level 0), written in the same
+    transaction as the rows of an append. Node (L, i) exists exactly when (i + 1) * 2**L is at
+    most the leaf count. A tree of n leaves holds 2n - popcount(n) rows, ~64 bytes of hash per
+    leaf. Rows are written once and never change (the log is append-only), so replicas and caches
+    can serve them as they are.
+
+    `MerkleTree` is the single writer of a store; reads may come from anywhere. A put that would
+    rewrite a stored node must be refused (the primary key does that for a SQL table), so a
+    second writer racing the first fails instead of forking the log.
+    """
+
+    def leaf_count(self) -> int:
+        """Number of leaves appended so far."""
+        ...
+
+    def get(self, nodes: Sequence[NodeId]) -> list[bytes]:
+        """The hashes of `nodes`, in order, in one round trip. A node the store should hold and
+        does not is an integrity failure: raise `LedgerError`, never return a placeholder."""
+        ...
+
+    def put(self, nodes: Sequence[NodeWrite], *, leaf_count: int) -> None:
+        """Store new complete-subtree nodes and advance the leaf count, all or nothing."""
+        ...
+
+
+class MemoryHashStore:
+    """A `HashStore` in memory: one bytearray of concatenated 32-byte hashes per level."""
+
+    def __init__(self) -> None:
+        self._levels: list[bytearray] = []
+        self._leaf_count = 0
+
+    def __repr__(self) -> str:
+        return f"MemoryHashStore(leaf_count={self._leaf_count}, levels={len(self._levels)})"
+
+    def leaf_count(self) -> int:
+        """Number of leaves appended so far."""
+        return self._leaf_count
+
+    def get(self, nodes: Sequence[NodeId]) -> list[bytes]:
+        """The hashes of `nodes`, in order; `LedgerError` for a node not stored."""
+        out: list[bytes] = []
+        for level, index in nodes:
+            row = self._levels[level] if 0 <= level < len(self._levels) else None
+            if row is None or not 0 <= index < len(row) // HASH_SIZE:
+                raise LedgerError(f"Merkle node (level {level}, index {index}) is not stored")
+            out.append(bytes(row[index * HASH_SIZE:(index + 1) * HASH_SIZE]))
+        return out
+
+    def put(self, nodes: Sequence[NodeWrite], *, leaf_count: int) -> None:
+        """Append nodes (each the next index on its level) and set the leaf count, all or
+        nothing: a write that would leave a hole or overwrite a node is refused."""
+        stored = {level: len(row) // HASH_SIZE for level, row in enumerate(self._levels)}
+        batches: dict[int, list[bytes]] = {}
+        for level, index, node in nodes:
+            batch = batches.get(level)
+            if batch is None:
+                batch = batches[level] = []
+            if index != stored.get(level, 0) + len(batch) or level < 0 or len(node) != HASH_SIZE:
+                raise LedgerError(f"refused Merkle node write at (level {level}, index {index}): "
+                                  "nodes are appended in order, once, as 32-byte hashes")
+            batch.append(node)
+        leaves_after = stored.get(0, 0) + len(batches.get(0, []))
+        if leaves_after != leaf_count:
+            raise LedgerError(f"refused leaf count {leaf_count}: the store holds {self._leaf_count} leaves "
+                              f"and this write brings level 0 to {leaves_after}")
+        for level, batch in sorted(batches.items()):
+            while len(self._levels) <= level:
+                self._levels.append(bytearray())
+            self._levels[level] += b"".join(batch)
+        self._leaf_count = leaf_count
+
+
+# --- The tree ----------------------------------------------------------------------------------
+
+
+class MerkleTree:
+    """An append-only RFC 9162 Merkle tree over a `HashStore`.
+
+    Holds no state of its own: every answer comes from the store, so several readers can share
+    one store. Append costs amortised O(1) hashes and reads (one leaf plus the parents it
+    completes); `root`, `inclusion_proof` and `consistency_proof` each read O(log n) stored nodes
+    in one `HashStore.get` and hash only the incomplete right edge, at most log2(n) hashes.
+    """
+
+    def __init__(self, *, store: HashStore) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"MerkleTree(size={self.size}, store={self._store!r})"
+
+    @property
+    def size(self) -> int:
+        """Number of leaves in the tree now."""
+        return self._store.leaf_count()
+
+    def append(self, leaf_hash: bytes) -> int:
+        """Append one leaf hash (see `leaf_hash`); returns its index."""
+        return self.append_many([leaf_hash]) - 1
+
+    def append_many(self, leaf_hashes: Iterable[bytes]) -> int:
+        """Append leaf hashes in order, in one `HashStore.put`; returns the new tree size.
+
+        Stores each leaf and every subtree it completes. The right edge of the tree (one
+        complete subtree per set bit of the size) is read from the store only where a new leaf
+        completes a parent, so a batch reads at most log2(n) nodes and one leaf amortised one.
+        """
+        size = self._store.leaf_count()
+        # The complete subtrees along the right edge, largest first; hashes read when needed.
+        edge: list[tuple[int, int, bytes | None]] = [
+            (level, (size >> level) - 1, None)
+            for level in reversed(range(size.bit_length())) if size >> level & 1
+        ]
+        writes: list[NodeWrite] = []
+        for leaf in leaf_hashes:
+            if len(leaf) != HASH_SIZE:
+                raise ValueError(f"a leaf hash is {HASH_SIZE} bytes, not {len(leaf)}")
+            level, index, node = 0, size, leaf
+            writes.append((level, index, node))
+            while index & 1:  # a right child: its parent is now complete
+                left_level, left_index, left = edge.pop()
+                if left is None:
+                    left = self._store.get([(left_level, left_index)])[0]
+                level, index, node = level + 1, index >> 1, node_hash(left, node)
+                writes.append((level, index, node))
+            edge.append((level, index, node))
+            size += 1
+        if writes:
+            self._store.put(writes, leaf_count=size)
+        return size
+
+    def root(self, size: int) -> bytes:
+        """MTH(D[size]) for any size up to the current one (RFC 9162 section 2.1.1)."""
+        self._check_size(size)
+        if size == 0:
+            return EMPTY_ROOT
+        return self._subtree_hashes([(0, size)])[0]
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """PATH(index, D[size]), bottom-up (RFC 9162 section 2.1.3.1), for 0 <= index < size."""
+        self._check_size(size)
+        if not 0 <= index < size:
+            raise ProofRequestError(f"leaf index {index} is outside a tree of size {size}")
+        return self._subtree_hashes(_inclusion_ranges(index, size))
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """PROOF(old_size, D[new_size]) (RFC 9162 section 2.1.4.1); empty for equal sizes.
+
+        RFC 9162 defines no proof from an empty tree, so 0 == old_size < new_size is refused.
+        """
+        self._check_size(new_size)
+        if not 0 <= old_size <= new_size:
+            raise ProofRequestError(f"no consistency proof from size {old_size} to {new_size}")
+        if old_size == 0 and new_size > 0:
+            raise ProofRequestError(f"no consistency proof from an empty tree (to size {new_size})")
+        if old_size == new_size:
+            return []
+        return self._subtree_hashes(_consistency_ranges(old_size, new_size))
+
+    def _check_size(self, size: int) -> None:
+        leaf_count = self._store.leaf_count()
+        if not 0 <= size <= leaf_count:
+            raise ProofRequestError(f"tree size {size} is outside 0..{leaf_count}")
+
+    def _subtree_hashes(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """MTH(D[start:end]) of each range, from one batched read of their complete pieces."""
+        pieces = [_subtree_nodes(start, end) for start, end in ranges]
+        wanted = [node for nodes in pieces for node in nodes]
+        got = self._store.get(wanted)
+        if len(got) != len(wanted):
+            raise LedgerError(f"asked the hash store for {len(wanted)} Merkle nodes, got {len(got)}")
+        out: list[bytes] = []
+        offset = 0
+        for nodes in pieces:
+            out.append(_fold_right(got[offset:offset + len(nodes)]))
+            offset += len(nodes)
+        return out

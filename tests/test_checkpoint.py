@@ -1,0 +1,107 @@
+"""C2SP signed notes and checkpoints: the key id by its formula, an interoperability vector (the
+signed note in Go's golang.org/x/mod/sumdb/note documentation), round trips, and every way a note
+is refused."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import nacl.signing
+import pytest
+
+from gateway.translog.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    key_id,
+    open_note,
+    parse_checkpoint,
+    parse_verifier_key,
+    sign_note,
+    verifier_key,
+)
+from gateway.translog.merkle import root_from_leaves
+
+# the example of Go's sumdb/note package documentation, checked independently with PyNaCl
+GO_VERIFIER_KEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+GO_NOTE = ("If you think cryptography is the answer to your problem,\n"
+           "then you don't know what your problem is.\n"
+           "\n"
+           "\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FF"
+           "YC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n")
+ORIGIN = "stackline.example/gateway-1"
+
+
+@pytest.fixture
+def key() -> nacl.signing.SigningKey:
+    return nacl.signing.SigningKey(bytes(range(32)))
+
+
+def test_the_go_sumdb_note_example_verifies() -> None:
+    name, public_key = parse_verifier_key(GO_VERIFIER_KEY)
+    assert name == "PeterNeumann"
+    text = open_note(GO_NOTE, name=name, public_key=public_key)
+    assert text.startswith("If you think cryptography")
+    assert verifier_key(name, public_key) == GO_VERIFIER_KEY
+
+
+def test_the_key_id_is_sha256_of_name_newline_type_and_key(key: nacl.signing.SigningKey) -> None:
+    public = bytes(key.verify_key)
+    assert key_id(ORIGIN, public) == hashlib.sha256(ORIGIN.encode() + b"\n\x01" + public).digest()[:4]
+
+
+def test_a_checkpoint_round_trips_with_its_exact_text(key: nacl.signing.SigningKey) -> None:
+    root = root_from_leaves([hashlib.sha256(b"\x00" + bytes([i])).digest() for i in range(5)])
+    checkpoint = Checkpoint(ORIGIN, 5, root)
+    note = checkpoint.sign(name=ORIGIN, signing_key=key)
+    body, signature_line = note.split("\n\n")
+    assert body + "\n" == f"{ORIGIN}\n5\n{base64.b64encode(root).decode()}\n"
+    assert signature_line.startswith(f"\u2014 {ORIGIN} ") and signature_line.endswith("\n")
+    blob = base64.b64decode(signature_line.split(" ")[2])
+    assert len(blob) == 4 + 64 and blob[:4] == key_id(ORIGIN, bytes(key.verify_key))
+    assert parse_checkpoint(note, name=ORIGIN, public_key=bytes(key.verify_key)) == checkpoint
+
+
+def test_signatures_of_other_keys_are_ignored(key: nacl.signing.SigningKey) -> None:
+    note = Checkpoint(ORIGIN, 1, bytes(32)).sign(name=ORIGIN, signing_key=key)
+    witness = nacl.signing.SigningKey(bytes(32 * [7]))
+    witnessed = note + sign_note(note.split("\n\n")[0] + "\n", name="witness.example",
+                                 signing_key=witness).split("\n\n")[1]
+    assert parse_checkpoint(witnessed, name=ORIGIN, public_key=bytes(key.verify_key)).size == 1
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [
+    (lambda n: n.replace("\n1\n", "\n2\n", 1), "does not verify"),  # a size edited by hand
+    (lambda n: n.replace("\u2014", "--"), "em dash"),
+    (lambda n: n.replace("\n\n", "\n"), "no blank line"),
+    (lambda n: n.rsplit(" ", 1)[0] + " not*base64\n", "not base64"),
+    (lambda n: n.split("\n\n")[0] + "\n\n", "no signature by"),
+], ids=["edited-size", "ascii-dashes", "no-blank-line", "bad-base64", "no-signature"])
+def test_a_tampered_note_is_refused_with_a_reason(key: nacl.signing.SigningKey, tamper: object,
+                                                  reason: str) -> None:
+    note = Checkpoint(ORIGIN, 1, bytes(32)).sign(name=ORIGIN, signing_key=key)
+    assert callable(tamper)
+    with pytest.raises(CheckpointError, match=reason):
+        parse_checkpoint(tamper(note), name=ORIGIN, public_key=bytes(key.verify_key))
+
+
+def test_a_note_from_another_key_under_the_same_name_is_refused(key: nacl.signing.SigningKey) -> None:
+    forger = nacl.signing.SigningKey(bytes(32 * [9]))
+    note = Checkpoint(ORIGIN, 1, bytes(32)).sign(name=ORIGIN, signing_key=forger)
+    with pytest.raises(CheckpointError, match="no signature by"):  # another key id: not ours
+        parse_checkpoint(note, name=ORIGIN, public_key=bytes(key.verify_key))
+
+
+@pytest.mark.parametrize("text", [f"{ORIGIN}\n01\n{'A' * 44}\n", f"{ORIGIN}\nx\n{'A' * 44}\n",
+                                  f"{ORIGIN}\n1\nAAAA\n", "\n1\nAAAA\n"])
+def test_malformed_checkpoint_bodies_are_refused(key: nacl.signing.SigningKey, text: str) -> None:
+    note = sign_note(text, name=ORIGIN, signing_key=key) if text.strip() else text
+    with pytest.raises(CheckpointError):
+        parse_checkpoint(note, name=ORIGIN, public_key=bytes(key.verify_key))
+
+
+def test_bad_verifier_keys_and_names_are_refused() -> None:
+    with pytest.raises(CheckpointError, match="key id does not match"):
+        parse_verifier_key(GO_VERIFIER_KEY.replace("c74f20a3", "c74f20a4"))
+    with pytest.raises(CheckpointError, match="name"):
+        key_id("two words", bytes(32))
