@@ -9,6 +9,7 @@ and the `timeseries` section of the gateway configuration.
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.server
 import math
 import threading
@@ -259,6 +260,10 @@ async def test_a_gateway_restarted_mid_stream_resumes_without_duplicates_or_gaps
     finally:
         await second.stop()
 
+    # acknowledged writes become searchable a moment later on a loaded machine (seen once in a
+    # full clean-clone run): wait for them, with a deadline, before comparing
+    await wait_for(functools.partial(store_holds, victoria, expected), timeout_s=30,
+                   what="every reading of both gateways in the store")
     stored = await asyncio.to_thread(victoria.samples)
     assert same_samples(stored, expected), differences(stored, expected)
     # no gaps: everything is there; no duplicates: at most the request in flight at the stop
