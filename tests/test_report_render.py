@@ -331,3 +331,10 @@ def test_chromium_screenshot_is_not_blank(page_file: Path, tmp_path: Path) -> No
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert int.from_bytes(data[16:20], "big") == 1200  # the IHDR width
     assert len(data) > 10_000
+
+
+def test_html_rounds_for_people_while_json_and_csv_keep_every_digit() -> None:
+    report = sample_report()
+    report["totals"]["co2"]["cems_t"] = 1080.329770992366
+    assert 'data-figure="co2-cems">1080.33 t<' in render_html(report)
+    assert "1080.329770992366" in render_json(report) and "1080.329770992366" in render_csv(report)

@@ -203,7 +203,11 @@ def _cell(value: object) -> str:
 
 
 def _text(value: object) -> str:
-    """A scalar as escaped HTML text; a dash for null."""
+    """A scalar as escaped HTML text; a dash for null. Fractions show at most three decimals (a
+    person reads the page; JSON and CSV keep every digit for a verifier)."""
+    if isinstance(value, float) and math.isfinite(value) and value != int(value):
+        shown = f"{value:.3f}".rstrip("0").rstrip(".")
+        return escape(shown if shown not in {"-0", ""} else "0")
     return _NULL_HTML if value is None else escape(_cell(value))
 
 
