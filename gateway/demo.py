@@ -19,8 +19,10 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 
@@ -233,7 +235,22 @@ async def run_demo(*, data_dir: Path, duration_s: float | None, plant_template: 
     print(render_text(report), file=out)
     summary = {k: v for k, v in report.to_json().items() if k not in ("per_collector", "findings")}
     print(json.dumps(summary), file=out)
+    hint = _report_hint(plant_config, ledger_path, data_dir)
+    if hint:
+        print(f"accounting:     {hint}", file=out)
     return 0 if report.ok else 1
+
+
+def _report_hint(plant_config: Path, ledger_path: Path, data_dir: Path) -> str | None:
+    """The `stackline report` command for today's figures of the plant's first accounting unit."""
+    plant = yaml.safe_load(plant_config.read_text())
+    units = ((plant.get("accounting") or {}).get("units")) or []
+    if not units:
+        return None
+    zone = ZoneInfo((plant.get("plant") or {}).get("timezone") or "UTC")
+    today = datetime.now(tz=zone).date()
+    return (f"stackline report --ledger {ledger_path} --unit {units[0]['id']} --from {today} "
+            f"--to {today + timedelta(days=1)} --format html -o {data_dir / 'report.html'}")
 
 
 async def _watch(ledger_path: Path, processes: dict[str, subprocess.Popen[bytes]],

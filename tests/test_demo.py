@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
 from pathlib import Path
 
@@ -24,6 +25,13 @@ def test_demo_for_twenty_seconds(tmp_path: Path) -> None:
     assert any(line.startswith("operator view:  stackline status --gateway http://127.0.0.1:")
                for line in lines)
     assert "OK" in result.stdout
+    # the accounting command it suggests runs on what it recorded
+    hint = next(line for line in lines if line.startswith("accounting:"))
+    command = shlex.split(hint.removeprefix("accounting:"))
+    assert command[0] == "stackline"
+    reported = run_stackline(*command[1:], timeout_s=120)
+    assert reported.returncode == 0, reported.stderr
+    assert "<svg" in (data_dir / "report.html").read_text()
 
     ledger = data_dir / "ledger.sqlite"
     with sqlite3.connect(ledger) as db:
