@@ -186,9 +186,13 @@ class ModbusSource:
 
     def _link(self, device: DevicePlan) -> _Link:
         key = device.link.key
-        if key not in self._links:
-            self._links[key] = _Link(link=device.link)
-        return self._links[key]
+        link = self._links.get(key)
+        if link is not None and link.link != device.link:
+            link.drop(LinkState.DISCONNECTED)  # the line's settings changed (a reload)
+            link = None
+        if link is None:
+            link = self._links[key] = _Link(link=device.link)
+        return link
 
     async def _connect(self, link: _Link, device: DevicePlan) -> None:
         if link.client.connected:

@@ -426,7 +426,8 @@ class CollectorRuntime:
             log.error("configuration reload refused: %s; still running on configuration %s",  # noqa: TRY400 - the message is the whole story
                       exc, self.plan.config_digest.hex()[:16])
             return None
-        if reload.plan.config_digest == self.plan.config_digest and reload.tick_ms == self.tick_ms:
+        if (reload.plan == self.plan and reload.tick_ms == self.tick_ms
+                and reload.keep_raw_registers == self.keep_raw_registers):
             log.info("configuration reloaded: nothing changed (configuration %s)",
                      self.plan.config_digest.hex()[:16])
             return None
@@ -483,6 +484,9 @@ class CollectorRuntime:
                     if reload is None:
                         continue
                     await self._stop_polling(polling, grace_s=self._grace_s())
+                    # links reopen with the new settings (a serial line's port or baud rate may
+                    # have changed, a device may be gone) at the next poll
+                    await self.source.close()
                     now = self._now_ms()
                     self.seal_window(window_start, max(now, window_start))  # under the old config
                     window_start = max(now, window_start)

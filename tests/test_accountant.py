@@ -16,8 +16,10 @@ import yaml
 
 from gateway.accounting.accountant import Accountant
 from gateway.accounting.methodology import load_methodology
+from gateway.accounting.source import load_unit_data
 from gateway.accounting.unit import BlockInput, account_unit, unit_config_from_document
 from gateway.config import load_gateway_config
+from gateway.errors import RetryableLedgerError, TimeSeriesUnavailable
 from gateway.ledger import PostgresLedger, SqliteLedger
 from gateway.ledger.base import Ledger, VerifiedBlock
 from gateway.runtime import GatewayRuntime, enroll_collector
@@ -191,3 +193,106 @@ async def _reopened_hours(path: Path) -> list[tuple[int, str]]:
         return await reopened.accounting_hours("demo-plant", "unit-1", start_unix_ms=0, end_unix_ms=2**62)
     finally:
         await reopened.close()
+
+
+class _FailingOnce:
+    """A ledger whose first store of accounting hours fails (a database outage)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self.failures = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    async def put_accounting_hours(self, *args: Any, **kwargs: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RetryableLedgerError("the database went away", retry_after_s=1.0)
+        await self._ledger.put_accounting_hours(*args, **kwargs)
+
+
+class _RefusingStore:
+    """A time-series store that is down."""
+
+    async def write(self, lines: Any) -> None:
+        raise TimeSeriesUnavailable("store down", retry_after_s=1.0)
+
+    async def probe(self) -> None:
+        raise TimeSeriesUnavailable("store down", retry_after_s=1.0)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_failed_recompute_is_redone_on_the_next_run(tmp_path: Path) -> None:
+    plant, blocks = _signed_day()
+    ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    try:
+        await ledger.enroll(plant.key)
+        await _append(ledger, plant, blocks)
+        flaky = _FailingOnce(ledger)
+        accountant = Accountant(ledger=flaky, gateway_id="gw-1")
+        assert await accountant.run_once() == 0  # failed: the cursor stays, nothing stored
+        assert await _stored(ledger) == {}
+        assert await ledger.sink_positions("accounting") == {}
+        assert await accountant.run_once() == 1
+        assert len(await _stored(ledger)) == 24
+    finally:
+        await ledger.close()
+
+
+async def test_a_day_the_store_refused_reaches_it_after_a_restart(tmp_path: Path) -> None:
+    plant, blocks = _signed_day()
+    ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    try:
+        await ledger.enroll(plant.key)
+        await _append(ledger, plant, blocks)
+        down = Accountant(ledger=ledger, gateway_id="gw-1", writer=_RefusingStore())
+        assert await down.run_once() == 0
+        assert await ledger.sink_positions("accounting") == {}  # not copied: not done
+        recorded: list[str] = []
+
+        class Store(_RefusingStore):
+            async def write(self, lines: Any) -> None:
+                recorded.extend(lines)
+        restarted = Accountant(ledger=ledger, gateway_id="gw-1", writer=Store())
+        assert await restarted.run_once() == 1
+        assert len(recorded) == 24 * 5
+    finally:
+        await ledger.close()
+
+
+async def test_a_unit_fed_by_two_collectors_is_accounted_from_both(tmp_path: Path) -> None:
+    """CEMS on one collector, the feeders on another: the stored hours use both, as a report does."""
+    cems, feeders = DemoCollector("demo-plant-c1"), DemoCollector("demo-plant-c2")
+    chains: dict[str, list[VerifiedBlock]] = {}
+    for plant, keep in ((cems, "/cems-1/"), (feeders, "/feeder-")):
+        chain = [plant.config_block()[1]]
+        for entry in day_of_blocks()[0][:120]:
+            readings = [ReadingValue(r.point_id, r.time_unix_ms, r.value, r.quality, (),
+                                     r.increment if r.HasField("increment") else None, r.counter_event)
+                        for r in entry.block.readings if keep in r.point_id]
+            chain.append(plant._seal(BlockDraft(
+                collector_id=plant.collector_id, window_start_unix_ms=entry.block.window_start_unix_ms,
+                window_end_unix_ms=entry.block.window_end_unix_ms, readings=readings,
+                config_digest=plant.plan.config_digest))[1])
+        chains[plant.collector_id] = chain
+    ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    try:
+        for plant in (cems, feeders):
+            await ledger.enroll(plant.key)
+            await _append(ledger, plant, chains[plant.collector_id])
+        await Accountant(ledger=ledger, gateway_id="gw-1").run_once()
+        stored = await _stored(ledger)
+        data = await load_unit_data(ledger, unit_id="unit-1", start=DAY, end=DAY + timedelta(days=1))
+        report = account_unit(unit=data.unit, blocks=data.blocks, start=DAY, end=DAY + timedelta(days=1),
+                              methodology=load_methodology("cn-mee-2022"), gateway_id="gw-1")
+    finally:
+        await ledger.close()
+    assert [stored[h["start_unix_ms"]] for h in report["hours"]] == report["hours"]
+    first = report["hours"][0]
+    assert first["pollutants"]["so2"]["flag"] == "N" and first["fuel_t"] is not None
+    provenance = first["provenance"]
+    assert provenance["collector"] == "demo-plant-c1,demo-plant-c2" and provenance["blocks"] == 120
+    assert [part["collector"] for part in provenance["parts"]] == ["demo-plant-c1", "demo-plant-c2"]

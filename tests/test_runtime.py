@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import struct
@@ -18,8 +19,8 @@ import yaml
 from collector.buffer import MemoryBuffer
 from collector.config import LoadedPlant, load_plant
 from collector.modbus_source import ModbusSource
-from collector.plan import compile_plan
-from collector.runtime import CollectorRuntime
+from collector.plan import DevicePlan, SerialLink, compile_plan
+from collector.runtime import CollectorRuntime, Reload
 from collector.simulator import PlantSimulator, point_value, status_word
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import Signer, Verifier, block_hash, decode_block
@@ -280,3 +281,28 @@ async def test_stopping_seals_the_readings_of_the_window_in_progress(
     blocks = [decode_block(pb.SignedBlock.FromString(env).payload) for _, env in buffer.read_from(1, 10)]
     assert [b.kind for b in blocks] == [pb.BLOCK_KIND_CONFIG, pb.BLOCK_KIND_READINGS]
     assert len(blocks[1].readings) >= 14, "the readings taken before the stop are in the chain"
+
+
+def test_a_reload_that_changes_only_keep_raw_registers_is_applied(tmp_path: Path, signer: Signer) -> None:
+    plant = load_plant(write_plant(tmp_path, grpc_port=1))
+    plan = compile_plan(plant)
+    runtime = CollectorRuntime(plan=plan, signer=signer, buffer=MemoryBuffer(), source=ModbusSource(),
+                               tick_ms=1000, reloader=lambda: Reload(plan=plan, tick_ms=1000,
+                                                                     keep_raw_registers=False))
+    assert runtime._load_reload() is not None  # the digest is the same, the setting is not
+    same = CollectorRuntime(plan=plan, signer=signer, buffer=MemoryBuffer(), source=ModbusSource(),
+                            tick_ms=1000, reloader=lambda: Reload(plan=plan, tick_ms=1000,
+                                                                  keep_raw_registers=True))
+    assert same._load_reload() is None  # nothing changed
+
+
+async def test_a_serial_line_whose_settings_change_gets_a_new_link() -> None:
+    line = SerialLink(line_id="line-1", port="/dev/ttyUSB0", baudrate=9600)
+    device = DevicePlan(device_id="d", link=line, unit_id=1, timeout_ms=100, requests=(), points=(),
+                        status=None, status_point_id=None)
+    source = ModbusSource()
+    first = source._link(device)
+    assert source._link(device) is first
+    moved = dataclasses.replace(device, link=dataclasses.replace(line, port="/dev/ttyUSB1", baudrate=19200))
+    second = source._link(moved)
+    assert second is not first and second.link == moved.link

@@ -3,8 +3,10 @@
 It follows the ledger through a durable per-collector cursor (`sink_cursors`, consumer
 "accounting"), like the time-series sink. Every readings block it reads marks the plant-local days
 its readings fall in as dirty; each dirty day of each unit is then recomputed from all of its
-blocks with the same pure code as `stackline report` (`unit.py`) and its 24 (23, 25) hourly
-documents replace the stored ones. So a backlog that arrives after an outage, filling hours that
+blocks, of every collector that feeds the unit, with the same pure code as `stackline report`
+(`unit.py`), its 24 (23, 25) hourly documents replace the stored ones, and they are copied to the
+time-series store when there is one. Only then do the cursors move: a failure, or a crash in
+between, leaves them where they were, and the next run redoes those days. So a backlog that arrives after an outage, filling hours that
 were first computed as missing, recomputes those hours, and the stored figures always equal a
 report of that day computed from scratch.
 
@@ -132,7 +134,6 @@ class Accountant:
         self._units: dict[tuple[str, bytes], _Units | None] = {}
         self._days: dict[_DayKey, list[int]] = {}  # first and last sequence of the day's blocks
         self._started = False
-        self._unwritten: set[_DayKey] = set()  # days stored but not yet in the time-series store
 
     def __repr__(self) -> str:
         return (f"Accountant(gateway={self.gateway_id!r}, days={len(self._days)}, "
@@ -180,7 +181,11 @@ class Accountant:
         return after
 
     async def run_once(self) -> int:
-        """Read what is new, recompute the days it touched; the number of days recomputed."""
+        """Read what is new, recompute the unit-days it touched (with the blocks of every collector
+        that feeds the unit), copy them to the time-series store, and only then move the cursors:
+        a recompute or a copy that fails, or a crash in between, leaves the cursor where it was,
+        so the next run (or the next process) reads those blocks again and redoes the days. The
+        number of unit-days recomputed."""
         positions = await self.ledger.sink_positions(ACCOUNTING_CURSOR)
         if not self._started:
             # the index of the days already accounted: read the chain up to the cursor once
@@ -188,77 +193,87 @@ class Accountant:
                 await self._read(collector_id, 0, cursor, None)
             self._started = True
         dirty: set[_DayKey] = set()
+        reached: dict[str, tuple[int, int]] = {}
         for collector_id, head in sorted((await self.ledger.heads()).items()):
             cursor = positions.get(collector_id, 0)
-            if head.sequence <= cursor:
-                continue
-            reached = await self._read(collector_id, cursor, head.sequence, dirty)
+            if head.sequence > cursor:
+                reached[collector_id] = (cursor, await self._read(collector_id, cursor, head.sequence, dirty))
+        unit_days = sorted({key[1:] for key in dirty})
+        failed = set()
+        for unit_day in unit_days:
+            if not await self._recompute(unit_day) or not await self._write(unit_day):
+                failed.add(unit_day)
+        for collector_id, (cursor, last) in reached.items():
+            if any(key[0] == collector_id and key[1:] in failed for key in dirty):
+                continue  # read again next time, and the day redone
             if not await self.ledger.advance_sink(ACCOUNTING_CURSOR, collector_id, from_sequence=cursor,
-                                                  to_sequence=reached):
+                                                  to_sequence=last):
                 log.warning("the accounting cursor of %s was moved by another gateway; run the "
                             "accountant in one gateway only", collector_id)
-        for key in sorted(dirty):
-            await self._recompute(key)
-        await self._write_unwritten()
-        return len(dirty)
+        return len(unit_days) - len(failed)
 
-    async def _write_unwritten(self) -> None:
-        """Copy recomputed days to the time-series store; a day the store refuses now is tried
-        again on the next run (the ledger holds it meanwhile)."""
+    async def _write(self, unit_day: tuple[str, str, str]) -> bool:
+        """Copy a recomputed unit-day to the time-series store, if there is one; False when the
+        store refused it (the day is redone on the next run)."""
         if self.writer is None:
-            self._unwritten.clear()
-            return
-        for key in sorted(self._unwritten):
-            _, plant_id, unit_id, day_text = key
-            day = date.fromisoformat(day_text)
-            rows = await self.ledger.accounting_hours(
-                plant_id, unit_id, start_unix_ms=_day_start_ms(day, -1),
-                end_unix_ms=_day_start_ms(day + timedelta(days=1), +1))
-            lines = [line for _, text in rows
-                     for line in hour_lines(plant_id, unit_id, json.loads(text))
-                     if _local_day(json.loads(text)) == day_text]
-            try:
-                await self.writer.write(lines)
-            except TimeSeriesError as exc:
-                log.warning("accounting of %s/%s on %s not yet in the time-series store: %s", plant_id,
-                            unit_id, day_text, exc)
-                return
-            self._unwritten.discard(key)
-            self.stats.lines_written += len(lines)
-
-    async def _recompute(self, key: _DayKey) -> None:
-        collector_id, plant_id, unit_id, day_text = key
-        first, last = self._days[key]
-        rows = await self.ledger.read_blocks(collector_id, after_sequence=first - 1, limit=last - first + 1)
-        blocks = []
-        document: Mapping[str, Any] | None = None
-        for row in rows:
-            block = decode_block(row.payload)
-            if block.kind != pb.BLOCK_KIND_READINGS:
-                continue
-            blocks.append(BlockInput(collector_id, row.sequence, row.hash, block))
-            document = self._configs.get((collector_id, bytes(block.config_digest)), document)
-        if document is None:
-            return
+            return True
+        plant_id, unit_id, day_text = unit_day
         day = date.fromisoformat(day_text)
-        unit = unit_config_from_document(document, unit_id)
+        rows = await self.ledger.accounting_hours(
+            plant_id, unit_id, start_unix_ms=_day_start_ms(day, -1),
+            end_unix_ms=_day_start_ms(day + timedelta(days=1), +1))
+        hours = [json.loads(text) for _, text in rows]
+        lines = [line for hour in hours if _local_day(hour) == day_text
+                 for line in hour_lines(plant_id, unit_id, hour)]
         try:
+            await self.writer.write(lines)
+        except TimeSeriesError as exc:
+            log.warning("accounting of %s/%s on %s not yet in the time-series store (tried again "
+                        "next run): %s", plant_id, unit_id, day_text, exc)
+            return False
+        self.stats.lines_written += len(lines)
+        return True
+
+    async def _recompute(self, unit_day: tuple[str, str, str]) -> bool:
+        """Account one unit-day from the blocks of every collector that has readings of it;
+        False when it failed (logged as an alarm)."""
+        plant_id, unit_id, day_text = unit_day
+        blocks: list[BlockInput] = []
+        document: Mapping[str, Any] | None = None
+        ranges = sorted((key[0], span) for key, span in self._days.items() if key[1:] == unit_day)
+        for collector_id, (first, last) in ranges:
+            rows = await self.ledger.read_blocks(collector_id, after_sequence=first - 1,
+                                                 limit=last - first + 1)
+            for row in rows:
+                block = decode_block(row.payload)
+                if block.kind != pb.BLOCK_KIND_READINGS:
+                    continue
+                blocks.append(BlockInput(collector_id, row.sequence, row.hash, block))
+                found = self._configs.get((collector_id, bytes(block.config_digest)))
+                if found is not None and _units(found) is not None:
+                    document = found
+        if document is None:
+            return True  # nothing of this unit to account
+        day = date.fromisoformat(day_text)
+        try:
+            unit = unit_config_from_document(document, unit_id)
             report = account_unit(unit=unit, blocks=blocks, start=day, end=day + timedelta(days=1),
                                   methodology=self._load_methodology(unit.methodology),
                                   gateway_id=self.gateway_id)
+            hours = [(int(hour["start_unix_ms"]), json.dumps(hour, sort_keys=True, allow_nan=False))
+                     for hour in report["hours"]]
+            await self.ledger.put_accounting_hours(plant_id, unit_id, hours,
+                                                   computed_unix_ms=int(self.clock() * 1000))
         except (GatewayError, ValueError):
             self.stats.failures += 1
-            log.exception("ALARM: accounting of %s/%s on %s failed", plant_id, unit_id, day_text)
-            return
-        hours = [(int(hour["start_unix_ms"]), json.dumps(hour, sort_keys=True, allow_nan=False))
-                 for hour in report["hours"]]
-        await self.ledger.put_accounting_hours(plant_id, unit_id, hours,
-                                               computed_unix_ms=int(self.clock() * 1000))
+            log.exception("ALARM: accounting of %s/%s on %s failed; it is tried again on the next run",
+                          plant_id, unit_id, day_text)
+            return False
         self.stats.days_recomputed += 1
         self.stats.hours_stored += len(hours)
-        self._unwritten.add(key)
-        log.info("accounted %s/%s on %s from blocks %d..%d of %s", plant_id, unit_id, day_text,
-                 first, last, collector_id)
+        log.info("accounted %s/%s on %s from %d block(s) of %s", plant_id, unit_id, day_text,
+                 len(blocks), ", ".join(collector for collector, _ in ranges))
+        return True
 
     async def run(self) -> None:
         """Run until cancelled, every `interval_s`; a failure is logged and retried next time."""

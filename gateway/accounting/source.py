@@ -72,7 +72,10 @@ async def load_unit_data(ledger: Ledger, *, unit_id: str, start: date, end: date
     if len(plants) > 1:
         raise AccountingError(f"plants {', '.join(sorted(plants))} all have a unit {unit_id!r}: "
                               "say which with --plant")
-    zone = next(c for (cid, _), c in configs.items() if cid in collectors)
+    # the newest configuration that accounts for the unit: its zone, and the fallback below
+    newest = [c for (cid, _), c in configs.items()
+              if cid in collectors and _has_unit(c, unit_id, plant_id)][-1]
+    zone = newest
     tz = ZoneInfo(str((zone.get("plant") or {}).get("timezone") or "UTC"))
     start_ms = int(datetime(start.year, start.month, start.day, tzinfo=tz).timestamp() * 1000) - MARGIN_MS
     last = end + timedelta(days=0)
@@ -89,7 +92,7 @@ async def load_unit_data(ledger: Ledger, *, unit_id: str, start: date, end: date
             blocks.append(BlockInput(collector_id, row.sequence, row.hash, block))
             in_force = (collector_id, bytes(block.config_digest))
     document = configs.get(in_force) if in_force else None
-    if document is None:
-        document = next(c for (cid, _), c in configs.items() if cid in collectors)
+    if document is None or not _has_unit(document, unit_id, plant_id):
+        document = newest
     return UnitData(unit=unit_config_from_document(document, unit_id), blocks=blocks,
                     config_document=document)

@@ -149,27 +149,38 @@ def unit_config_from_document(document: Mapping[str, Any], unit_id: str) -> Unit
 
 @dataclass(slots=True)
 class _Trail:
-    """The blocks behind a figure."""
+    """The blocks behind a figure, by (collector, sequence)."""
 
-    collector: str = ""
-    blocks: dict[int, bytes] = field(default_factory=dict)
+    blocks: dict[tuple[str, int], bytes] = field(default_factory=dict)
 
     def add(self, collector_id: str, sequence: int, block_hash: bytes) -> None:
-        self.collector = collector_id
-        self.blocks[sequence] = block_hash
+        self.blocks[(collector_id, sequence)] = block_hash
 
     def merge(self, other: _Trail) -> None:
-        if other.blocks:
-            self.collector = other.collector
-            self.blocks.update(other.blocks)
+        self.blocks.update(other.blocks)
 
     def document(self) -> dict[str, Any] | None:
+        """Collector, sequence range, count and SHA-256 over the block hashes in (collector,
+        sequence) order; with blocks of several collectors, also each collector's own part."""
         if not self.blocks:
             return None
         ordered = sorted(self.blocks)
-        digest = hashlib.sha256(b"".join(self.blocks[s] for s in ordered)).hexdigest()
-        return {"collector": self.collector, "sequences": [ordered[0], ordered[-1]],
-                "blocks": len(ordered), "digest": digest}
+        collectors = sorted({collector for collector, _ in ordered})
+        digest = hashlib.sha256(b"".join(self.blocks[key] for key in ordered)).hexdigest()
+        sequences = [sequence for _, sequence in ordered]
+        document: dict[str, Any] = {"collector": ",".join(collectors),
+                                    "sequences": [min(sequences), max(sequences)],
+                                    "blocks": len(ordered), "digest": digest}
+        if len(collectors) > 1:
+            document["parts"] = [_part(collector, [k for k in ordered if k[0] == collector], self.blocks)
+                                 for collector in collectors]
+        return document
+
+
+def _part(collector: str, keys: list[tuple[str, int]],
+          blocks: Mapping[tuple[str, int], bytes]) -> dict[str, Any]:
+    return {"collector": collector, "sequences": [keys[0][1], keys[-1][1]], "blocks": len(keys),
+            "digest": hashlib.sha256(b"".join(blocks[key] for key in keys)).hexdigest()}
 
 
 def _local_hours(start: date, end: date, tz: ZoneInfo) -> list[int]:
