@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from collector.config import load_plant
+from collector.plan import compile_plan
 from gateway.accounting.accountant import Accountant
 from gateway.accounting.methodology import load_methodology
 from gateway.accounting.source import load_unit_data
@@ -24,8 +26,9 @@ from gateway.ledger import PostgresLedger, SqliteLedger
 from gateway.ledger.base import Ledger, VerifiedBlock
 from gateway.runtime import GatewayRuntime, enroll_collector
 from gateway.tsdb import InfluxWriter
+from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import BlockDraft, ReadingValue, decode_block
-from tests.conftest import free_port, wait_for
+from tests.conftest import DEMO_PLANT, free_port, wait_for
 from tests.demo_blocks import DemoCollector
 from tests.support import write_gateway
 from tests.test_accounting_unit import DAY, day_of_blocks
@@ -296,3 +299,35 @@ async def test_a_unit_fed_by_two_collectors_is_accounted_from_both(tmp_path: Pat
     provenance = first["provenance"]
     assert provenance["collector"] == "demo-plant-c1,demo-plant-c2" and provenance["blocks"] == 120
     assert [part["collector"] for part in provenance["parts"]] == ["demo-plant-c1", "demo-plant-c2"]
+
+
+async def test_a_report_uses_the_newest_configuration_that_accounts_for_the_unit(tmp_path: Path) -> None:
+    """The collector ran without an accounting section first, then got one by SIGHUP; a report
+    of a day without readings is all B, not an error about the old configuration."""
+    without = yaml.safe_load(DEMO_PLANT.read_text())
+    del without["accounting"]
+    path = tmp_path / "plant.yaml"
+    without["collector"]["key_file"] = str(tmp_path / "unused.key")
+    for device in without["devices"]:
+        device["profile"] = str((DEMO_PLANT.parent / device["profile"]).resolve())
+    path.write_text(yaml.safe_dump(without))
+    plant = DemoCollector()
+    with_accounting = plant.plan
+    plant.plan = compile_plan(load_plant(path))
+    blocks = [plant.config_block()[1], *[plant.readings_block()[1] for _ in range(3)]]
+    plant.plan = with_accounting
+    blocks.append(plant._seal(BlockDraft(
+        collector_id=plant.collector_id, window_start_unix_ms=0, window_end_unix_ms=0, readings=(),
+        config_digest=with_accounting.config_digest, kind=pb.BLOCK_KIND_CONFIG,
+        config_document=with_accounting.config_document))[1])
+    ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    try:
+        await ledger.enroll(plant.key)
+        await _append(ledger, plant, blocks)
+        data = await load_unit_data(ledger, unit_id="unit-1", start=DAY, end=DAY + timedelta(days=1))
+    finally:
+        await ledger.close()
+    report = account_unit(unit=data.unit, blocks=data.blocks, start=DAY, end=DAY + timedelta(days=1),
+                          methodology=load_methodology("cn-mee-2022"), gateway_id="gw-1")
+    assert report["plant"]["timezone"] == "Asia/Shanghai"
+    assert {hour["pollutants"]["so2"]["flag"] for hour in report["hours"]} == {"B"}

@@ -6,9 +6,9 @@ its readings fall in as dirty; each dirty day of each unit is then recomputed fr
 blocks, of every collector that feeds the unit, with the same pure code as `stackline report`
 (`unit.py`), its 24 (23, 25) hourly documents replace the stored ones, and they are copied to the
 time-series store when there is one. Only then do the cursors move: a failure, or a crash in
-between, leaves them where they were, and the next run redoes those days. So a backlog that arrives after an outage, filling hours that
-were first computed as missing, recomputes those hours, and the stored figures always equal a
-report of that day computed from scratch.
+between, leaves them where they were, and the next run redoes those days. So a backlog that
+arrives after an outage, filling hours that were first computed as missing, recomputes those
+hours, and the stored figures always equal a report of that day computed from scratch.
 
 To recompute a day it needs the sequence range of the day's blocks: it keeps that index in memory
 and rebuilds it at start by reading the chain once up to its cursor. Run it in one gateway of a
