@@ -284,6 +284,20 @@ class CollectorRuntime:
                                  totalizers={key[0]: t for key, t in self.totalizers.items()})
         return readings, outcome
 
+    def _unexpected_failure(self, device: DevicePlan,
+                            exc: Exception) -> tuple[list[ReadingValue], PollOutcome]:
+        """A poll that failed in a way nothing handles (a bug): alarm with the traceback, record
+        the device's readings as communication loss, and go on polling the line."""
+        log.error("ALARM: polling device %s failed unexpectedly; its readings are flagged B and "
+                  "the line goes on", device.device_id, exc_info=exc)
+        started_ms = self._now_ms()
+        error = DeviceConnectionLost(device.device_id, f"unexpected failure: {exc!r}")
+        self.stats.device_failures += 1
+        self.devices[device.device_id].record(error, started_ms)
+        outcome = PollOutcome(started_ms, [RequestOutcome(request, None, error, 0.0)
+                                           for request in device.requests])
+        return decode_device(device, [None] * len(device.requests), started_ms), outcome
+
     def _record_skipped(self, device: DevicePlan, slots: list[int], last: PollOutcome | None) -> None:
         """Readings for the slots a backing-off device was not polled in: flagged as its last poll
         failed, so that its absence is on record at its usual rate."""
@@ -317,7 +331,11 @@ class CollectorRuntime:
                                                  schedules[d.device_id].silent_polls > 0))
                 schedule = schedules[device.device_id]
                 due_ms = schedule.next_due_ms
-                readings, outcome = await self._poll(device)
+                try:
+                    readings, outcome = await self._poll(device)
+                except Exception as exc:  # a bug must not stop the line's polling
+                    raise_if_cancelled(exc)
+                    readings, outcome = self._unexpected_failure(device, exc)
                 self._pending.extend(readings)
                 last[device.device_id] = outcome
                 schedule.polled(answered=outcome.answered, due_ms=due_ms, now_ms=self._now_ms())

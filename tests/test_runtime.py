@@ -18,7 +18,7 @@ import yaml
 
 from collector.buffer import MemoryBuffer
 from collector.config import LoadedPlant, load_plant
-from collector.modbus_source import ModbusSource
+from collector.modbus_source import ModbusSource, PollOutcome
 from collector.plan import DevicePlan, SerialLink, compile_plan
 from collector.runtime import CollectorRuntime, Reload
 from collector.simulator import PlantSimulator, point_value, status_word
@@ -306,3 +306,42 @@ async def test_a_serial_line_whose_settings_change_gets_a_new_link() -> None:
     moved = dataclasses.replace(device, link=dataclasses.replace(line, port="/dev/ttyUSB1", baudrate=19200))
     second = source._link(moved)
     assert second is not first and second.link == moved.link
+
+
+class _BrokenOnce:
+    """A device source with a bug: its first poll raises something no one handles."""
+
+    def __init__(self, inner: ModbusSource) -> None:
+        self.inner = inner
+        self.raised = False
+
+    async def poll(self, device: DevicePlan) -> PollOutcome:
+        if not self.raised:
+            self.raised = True
+            raise RuntimeError("a bug in a source")
+        return await self.inner.poll(device)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_a_bug_in_one_poll_does_not_stop_the_line(
+        tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture) -> None:
+    plant = load_plant(write_plant(tmp_path, grpc_port=1, tick_ms=200))
+    buffer = MemoryBuffer()
+    source = _BrokenOnce(ModbusSource())
+    runtime = CollectorRuntime(plan=compile_plan(plant), signer=signer, buffer=buffer, source=source,
+                               tick_ms=200)
+    async with serving(plant):
+        ticker = asyncio.create_task(runtime._ticker())
+
+        async def polled_again() -> bool:
+            return all(health.polls >= 3 for health in runtime.devices.values())
+        await wait_for(polled_again, timeout_s=10, what="polling to go on after the failure")
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await source.close()
+    assert source.raised
+    assert any("ALARM" in r.getMessage() and "unexpectedly" in r.getMessage() for r in caplog.records)
+    assert sum(health.failures for health in runtime.devices.values()) >= 1
