@@ -19,16 +19,10 @@ from collector.config import DataType
 from collector.decode import decode_device
 from collector.modbus_source import DeviceSource, PollOutcome, describe
 from collector.plan import DevicePlan, ReadPlan
-from proto.stackline.v1 import stackline_pb2 as pb
-from proto.wire import ReadingValue
+from proto.wire import FLAG_LETTERS, ReadingValue
 
 __all__ = ["DeviceCheck", "check_plan", "render_json", "render_table"]
 
-FLAG_LETTERS: dict[int, str] = {
-    pb.QUALITY_NORMAL: "N", pb.QUALITY_CALIBRATION: "C", pb.QUALITY_MAINTENANCE: "M",
-    pb.QUALITY_FAULT: "D", pb.QUALITY_COMM_LOSS: "B", pb.QUALITY_STOPPED: "F",
-    pb.QUALITY_OVER_RANGE: "T", pb.QUALITY_MANUAL: "S",
-}
 HEADERS = ("DEVICE", "POINT", "RAW REGISTERS", "VALUE", "UNIT", "FLAG", "REQUEST")
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proto.stackline.v1 import stackline_pb2 as pb
+from proto.wire import FLAG_LETTERS
 
 __all__ = [
     "FLAG_LETTERS",
@@ -59,17 +60,6 @@ __all__ = [
     "points_of_config",
 ]
 
-# the HJ 212-2017 data flag of each quality code (stackline.v1.Quality)
-FLAG_LETTERS: dict[int, str] = {
-    pb.QUALITY_NORMAL: "N",
-    pb.QUALITY_CALIBRATION: "C",
-    pb.QUALITY_MAINTENANCE: "M",
-    pb.QUALITY_FAULT: "D",
-    pb.QUALITY_COMM_LOSS: "B",
-    pb.QUALITY_STOPPED: "F",
-    pb.QUALITY_OVER_RANGE: "T",
-    pb.QUALITY_MANUAL: "S",
-}
 STATUS_POINT = "status"  # the collector's name for a device's raw status word
 UNKNOWN_MEASUREMENT = "unknown"
 

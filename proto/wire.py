@@ -26,6 +26,7 @@ from proto.errors import UnacceptableKeyError, VerificationError
 from proto.stackline.v1 import stackline_pb2 as pb
 
 __all__ = [
+    "FLAG_LETTERS",
     "GENESIS_HASH",
     "SIGNATURE_CONTEXT",
     "BlockDraft",
@@ -70,6 +71,18 @@ def check_public_key(public_key: bytes) -> None:
             "non-canonical keys are refused at enrolment)"
         )
 
+
+# the HJ 212-2017 data flag of each quality code (stackline.v1.Quality)
+FLAG_LETTERS: dict[int, str] = {
+    pb.QUALITY_NORMAL: "N",
+    pb.QUALITY_CALIBRATION: "C",
+    pb.QUALITY_MAINTENANCE: "M",
+    pb.QUALITY_FAULT: "D",
+    pb.QUALITY_COMM_LOSS: "B",
+    pb.QUALITY_STOPPED: "F",
+    pb.QUALITY_OVER_RANGE: "T",
+    pb.QUALITY_MANUAL: "S",
+}
 
 @dataclass(frozen=True, slots=True)
 class ReadingValue:

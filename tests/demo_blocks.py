@@ -95,6 +95,17 @@ class DemoCollector:
             readings += decode_device(device, registers, time_ms, totalizers=self.totalizers)
         return readings
 
+    def reseal(self, block: pb.Block, *, keep: str = "") -> tuple[pb.SignedBlock, VerifiedBlock]:
+        """A block's window and readings (those whose point id contains `keep`) as this
+        collector's next block, signed and chained: generated data through the real chain."""
+        readings = [ReadingValue(r.point_id, r.time_unix_ms, r.value, r.quality, (),
+                                 r.increment if r.HasField("increment") else None, r.counter_event)
+                    for r in block.readings if keep in r.point_id]
+        return self._seal(BlockDraft(
+            collector_id=self.collector_id, window_start_unix_ms=block.window_start_unix_ms,
+            window_end_unix_ms=block.window_end_unix_ms, readings=readings,
+            config_digest=self.plan.config_digest))
+
     def readings_block(self) -> tuple[pb.SignedBlock, VerifiedBlock]:
         """The next tick's block."""
         tick = self.ticks

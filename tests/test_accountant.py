@@ -27,7 +27,7 @@ from gateway.ledger.base import Ledger, VerifiedBlock
 from gateway.runtime import GatewayRuntime, enroll_collector
 from gateway.tsdb import InfluxWriter
 from proto.stackline.v1 import stackline_pb2 as pb
-from proto.wire import BlockDraft, ReadingValue, decode_block
+from proto.wire import BlockDraft, decode_block
 from tests.conftest import DEMO_PLANT, free_port, wait_for
 from tests.demo_blocks import DemoCollector
 from tests.support import write_gateway
@@ -41,14 +41,7 @@ def _signed_day() -> tuple[DemoCollector, list[VerifiedBlock]]:
     """The demo collector's configuration block, then the generated day, signed and chained."""
     plant = DemoCollector()
     blocks = [plant.config_block()[1]]
-    for entry in day_of_blocks()[0]:
-        readings = [ReadingValue(r.point_id, r.time_unix_ms, r.value, r.quality, (),
-                                 r.increment if r.HasField("increment") else None, r.counter_event)
-                    for r in entry.block.readings]
-        blocks.append(plant._seal(BlockDraft(
-            collector_id=plant.collector_id, window_start_unix_ms=entry.block.window_start_unix_ms,
-            window_end_unix_ms=entry.block.window_end_unix_ms, readings=readings,
-            config_digest=plant.plan.config_digest))[1])
+    blocks += [plant.reseal(entry.block)[1] for entry in day_of_blocks()[0]]
     return plant, blocks
 
 
@@ -135,12 +128,7 @@ async def test_the_gateway_runs_the_accountant_when_its_config_asks(tmp_path: Pa
     assert runtime.accountant is not None
     plant = DemoCollector()
     envelopes = [plant.config_block()[0]]
-    envelopes += [plant._seal(BlockDraft(
-        collector_id=plant.collector_id, window_start_unix_ms=entry.block.window_start_unix_ms,
-        window_end_unix_ms=entry.block.window_end_unix_ms,
-        readings=[ReadingValue(r.point_id, r.time_unix_ms, r.value, r.quality)
-                  for r in entry.block.readings],
-        config_digest=plant.plan.config_digest))[0] for entry in day_of_blocks()[0][:120]]
+    envelopes += [plant.reseal(entry.block)[0] for entry in day_of_blocks()[0][:120]]
     await runtime.start()
     try:
         await enroll_collector(runtime.ledger, collector_id=plant.collector_id,
@@ -272,14 +260,7 @@ async def test_a_unit_fed_by_two_collectors_is_accounted_from_both(tmp_path: Pat
     chains: dict[str, list[VerifiedBlock]] = {}
     for plant, keep in ((cems, "/cems-1/"), (feeders, "/feeder-")):
         chain = [plant.config_block()[1]]
-        for entry in day_of_blocks()[0][:120]:
-            readings = [ReadingValue(r.point_id, r.time_unix_ms, r.value, r.quality, (),
-                                     r.increment if r.HasField("increment") else None, r.counter_event)
-                        for r in entry.block.readings if keep in r.point_id]
-            chain.append(plant._seal(BlockDraft(
-                collector_id=plant.collector_id, window_start_unix_ms=entry.block.window_start_unix_ms,
-                window_end_unix_ms=entry.block.window_end_unix_ms, readings=readings,
-                config_digest=plant.plan.config_digest))[1])
+        chain += [plant.reseal(entry.block, keep=keep)[1] for entry in day_of_blocks()[0][:120]]
         chains[plant.collector_id] = chain
     ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
     try:

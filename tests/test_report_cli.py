@@ -17,7 +17,7 @@ from gateway.accounting.methodology import load_methodology
 from gateway.accounting.render import render_json
 from gateway.accounting.unit import BlockInput, account_unit, unit_config_from_document
 from gateway.ledger import SqliteLedger
-from proto.wire import BlockDraft, ReadingValue, decode_block
+from proto.wire import decode_block
 from tests.demo_blocks import DemoCollector
 from tests.support import run_stackline
 from tests.test_accounting_unit import DAY, day_of_blocks
@@ -31,14 +31,7 @@ def ledger_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     plant = DemoCollector()
     day, _ = day_of_blocks()
     blocks = [plant.config_block()[1]]
-    for entry in day:
-        readings = [ReadingValue(r.point_id, r.time_unix_ms, r.value, r.quality, (),
-                                 r.increment if r.HasField("increment") else None, r.counter_event)
-                    for r in entry.block.readings]
-        blocks.append(plant._seal(BlockDraft(
-            collector_id=plant.collector_id, window_start_unix_ms=entry.block.window_start_unix_ms,
-            window_end_unix_ms=entry.block.window_end_unix_ms, readings=readings,
-            config_digest=plant.plan.config_digest))[1])
+    blocks += [plant.reseal(entry.block)[1] for entry in day]
 
     async def store() -> None:
         ledger = SqliteLedger(path=path)

@@ -49,7 +49,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from gateway.errors import GatewayError
-from proto.stackline.v1 import stackline_pb2 as pb
+from proto.wire import FLAG_LETTERS
 
 __all__ = [
     "FLAG_LETTERS",
@@ -64,17 +64,6 @@ __all__ = [
     "monthly_values",
 ]
 
-# the HJ 212-2017 data flag of each quality code (stackline.v1.Quality)
-FLAG_LETTERS: dict[int, str] = {
-    pb.QUALITY_NORMAL: "N",
-    pb.QUALITY_CALIBRATION: "C",
-    pb.QUALITY_MAINTENANCE: "M",
-    pb.QUALITY_FAULT: "D",
-    pb.QUALITY_COMM_LOSS: "B",
-    pb.QUALITY_STOPPED: "F",
-    pb.QUALITY_OVER_RANGE: "T",
-    pb.QUALITY_MANUAL: "S",
-}
 
 # tie-break order of the non-N letters in a period flag, first wins
 FLAG_PRIORITY: tuple[str, ...] = ("F", "M", "C", "D", "B", "T", "S")

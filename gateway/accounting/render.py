@@ -114,35 +114,8 @@ def _csv(report: Mapping[str, Any]) -> str:
         row += [_cell(hour["flow_std_dry_m3_per_h"]), _cell(hour["o2_percent"]), _cell(hour["fuel_t"])]
         writer.writerow(row)
 
-    writer.writerow([])
-    header = ["date"]
-    for name in pollutants:
-        header += [f"{name}_valid_hours", f"{name}_substituted_hours", f"{name}_mean_mg_per_m3",
-                   f"{name}_flag", f"{name}_mass_kg"]
-    header += ["fuel_t", "co2_cems_t"]
-    writer.writerow(header)
-    for day in report["days"]:
-        row = [_cell(day["date"])]
-        for name in pollutants:
-            row += [_cell(day[key][name]) for key in
-                    ("valid_hours", "substituted_hours", "mean_mg_per_m3", "flag", "mass_kg")]
-        row += [_cell(day["fuel_t"]), _cell(day["co2_cems_t"])]
-        writer.writerow(row)
-
-    writer.writerow([])
-    header = ["month"]
-    for name in pollutants:
-        header += [f"{name}_valid_hours", f"{name}_substituted_hours", f"{name}_mean_mg_per_m3",
-                   f"{name}_flag", f"{name}_mass_kg"]
-    header += ["fuel_t", "co2_cems_t"]
-    writer.writerow(header)
-    for month in report.get("months", []):
-        row = [_cell(month["month"])]
-        for name in pollutants:
-            row += [_cell(month[key][name]) for key in
-                    ("valid_hours", "substituted_hours", "mean_mg_per_m3", "flag", "mass_kg")]
-        row += [_cell(month["fuel_t"]), _cell(month["co2_cems_t"])]
-        writer.writerow(row)
+    _csv_periods(writer, pollutants, report["days"], label="date")
+    _csv_periods(writer, pollutants, report.get("months", []), label="month")
 
     writer.writerow([])
     writer.writerow(["year", *(f"{name}_mass_kg" for name in pollutants), "fuel_t", "co2_cems_t",
@@ -170,6 +143,22 @@ def _csv(report: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------- helpers
+
+
+_PERIOD_KEYS = ("valid_hours", "substituted_hours", "mean_mg_per_m3", "flag", "mass_kg")
+
+
+def _csv_periods(writer: Any, pollutants: Sequence[str], periods: Sequence[Mapping[str, Any]], *,
+                 label: str) -> None:
+    """A blank line, then the daily or monthly table: the period, per pollutant its counts, mean,
+    flag and mass, then fuel and CO2 by CEMS."""
+    writer.writerow([])
+    writer.writerow([label, *(f"{name}_{key}" for name in pollutants for key in _PERIOD_KEYS),
+                     "fuel_t", "co2_cems_t"])
+    for period in periods:
+        writer.writerow([_cell(period[label]),
+                         *(_cell(period[key][name]) for name in pollutants for key in _PERIOD_KEYS),
+                         _cell(period["fuel_t"]), _cell(period["co2_cems_t"])])
 
 
 def _check_format(report: Mapping[str, Any]) -> None:
