@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gateway.errors import ConfigError
 
 __all__ = [
-    "GatewayConfig", "LoadedGatewayConfig", "MqttSection", "MqttTlsSection", "TimeseriesSection",
-    "load_gateway_config",
+    "GatewayConfig", "LoadedGatewayConfig", "LogSection", "MqttSection", "MqttTlsSection",
+    "TimeseriesSection", "load_gateway_config",
 ]
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -165,6 +165,22 @@ class AccountingSection(_Strict):
                               "they touch; run it in one gateway of a deployment")
 
 
+class LogSection(_Strict):
+    """The transparency log over the ledger: its name and the key that signs its checkpoints."""
+
+    origin: str | None = Field(default=None, pattern=r"^[^\s+]{1,200}$",
+                               description="the log's name in its checkpoints (also the key "
+                               "name), e.g. stackline.example.org/region-1; default "
+                               "stackline/<gateway id>. Every gateway of one ledger uses the same")
+    key_file: str = Field(default="log-signing.key", min_length=1,
+                          description="Ed25519 key that signs checkpoints (stackline keygen "
+                          "format), relative to this file; made on the first start when missing. "
+                          "Every gateway of one ledger uses the same key")
+    checkpoint_interval_s: float = Field(default=60.0, ge=1, le=86_400,
+                                         description="how often a checkpoint is published when "
+                                         "the log grew (verifiers can also ask for one)")
+
+
 class GatewayConfig(_Strict):
     """A whole gateway configuration file."""
 
@@ -176,6 +192,7 @@ class GatewayConfig(_Strict):
     limits: LimitsSection = LimitsSection()
     timeseries: TimeseriesSection | None = None
     accounting: AccountingSection | None = None
+    log: LogSection = LogSection()
 
     @model_validator(mode="after")
     def _some_transport(self) -> GatewayConfig:
@@ -204,6 +221,10 @@ class LoadedGatewayConfig(BaseModel):
                               "this gateway's ledger is a PostgreSQL database, not a file")
         path = Path(self.config.ledger.path or DEFAULT_LEDGER_PATH)
         return path if path.is_absolute() else (self.source.parent / path).resolve()
+
+    def log_origin(self) -> str:
+        """The transparency log's origin line (and checkpoint key name)."""
+        return self.config.log.origin or f"stackline/{self.config.gateway.id}"
 
     def ledger_location(self) -> str:
         """What `gateway.ledger.open_ledger` takes: the PostgreSQL URL, or the SQLite file."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
+from gateway.errors import LedgerError
 from gateway.ledger.base import CollectorKey, Ledger, QuarantineEntry, VerifiedBlock
+from gateway.translog.merkle import ProofRequestError
 from proto.chain import ChainHead, Placement
 from proto.errors import VerificationError
 from proto.stackline.v1 import stackline_pb2 as pb
@@ -26,6 +28,16 @@ __all__ = ["ALARM_REASONS", "Answer", "IngestCore", "IngestOutcome", "IngestStat
            "verify_envelope"]
 
 log = logging.getLogger(__name__)
+
+RECEIPT_REPEAT_S = 30.0
+"""A collector that keeps reporting an older checkpoint gets the same receipt again after this."""
+
+
+def receipt_size(receipt: pb.Receipt) -> int:
+    """The tree size of a receipt's checkpoint (its second line)."""
+    lines = receipt.checkpoint.split("\n")
+    return int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else 0
+
 
 ALARM_REASONS = frozenset({
     "bad_signature", "unknown_key", "collector_mismatch", "fork", "replayed_sequence",
@@ -108,6 +120,7 @@ class Answer:
     head: ChainHead | None = None
     refusals: tuple[Refusal, ...] = ()
     error: Refusal | None = None
+    receipt: pb.Receipt | None = None
 
     def encode(self, collector_id: str) -> bytes | None:
         """The IngestResponse bytes, or None when nothing is to be sent."""
@@ -122,6 +135,7 @@ class Answer:
             head_hash=self.head.hash if self.head.sequence else b"",
             rejections=[pb.Rejection(sequence=r.sequence, reason=r.reason, detail=r.detail)
                         for r in self.refusals],
+            receipt=self.receipt,
         )).SerializeToString()
 
 
@@ -146,11 +160,36 @@ class IngestCore:
         # latest CollectorStatus per collector, with when it arrived (ms)
         self.statuses: dict[str, tuple[pb.CollectorStatus, int]] = {}
         self._keys: dict[str, tuple[CollectorKey, Verifier]] = {}
-        # called with the collector id after new blocks are stored (the time-series sink wakes)
-        self.on_stored: Callable[[str], None] | None = None
+        # called with the collector id after new blocks are stored (the time-series sink and
+        # the transparency log wake)
+        self.on_stored: list[Callable[[str], None]] = []
+        # the transparency log's receipt for a collector holding a checkpoint of a tree size
+        self.receipts: Callable[[str, int], Awaitable[pb.Receipt | None]] | None = None
+        self._receipts_sent: dict[str, tuple[int, float]] = {}
 
     def __repr__(self) -> str:
         return f"IngestCore(ledger={self.ledger!r}, collectors={len(self._keys)})"
+
+    async def receipt(self, collector_id: str, known_size: int) -> pb.Receipt | None:
+        """A receipt for the collector when the log has a checkpoint newer than the one it holds;
+        the same checkpoint at most every RECEIPT_REPEAT_S (acks in flight still carry the old
+        size). A log that cannot answer costs the ack nothing: the receipt comes later."""
+        if self.receipts is None:
+            return None
+        try:
+            receipt = await self.receipts(collector_id, known_size)
+        except (LedgerError, ProofRequestError) as exc:
+            log.debug("no receipt for %s this time: %s", collector_id, exc)
+            return None
+        if receipt is None:
+            return None
+        size = receipt_size(receipt)
+        sent = self._receipts_sent.get(collector_id)
+        now = time.monotonic()
+        if sent is not None and sent[0] == size and now - sent[1] < RECEIPT_REPEAT_S:
+            return None
+        self._receipts_sent[collector_id] = (size, now)
+        return receipt
 
     async def collector(self, collector_id: str) -> tuple[CollectorKey, Verifier] | None:
         """The enrolled key of a collector, re-reading the registry on a miss."""
@@ -231,7 +270,9 @@ class IngestCore:
                 return await refused("collector_mismatch",
                                      f"hello names {request.hello.collector_id!r} for "
                                      f"{collector_id!r}")
-            return Answer(head=await self.ledger.head(collector_id))
+            return Answer(head=await self.ledger.head(collector_id),
+                          receipt=await self.receipt(collector_id,
+                                                     request.hello.receipt_tree_size))
         if kind == "status":
             refusal = await self.record_status(collector_id=collector_id, status=request.status,
                                                raw=raw, transport=transport, peer=peer)
@@ -245,7 +286,8 @@ class IngestCore:
                                  f"limit is {max_blocks_per_batch}")
         outcome = await self.ingest(collector_id=collector_id, envelopes=blocks,
                                     transport=transport, peer=peer)
-        return Answer(head=outcome.head, refusals=outcome.refusals)
+        return Answer(head=outcome.head, refusals=outcome.refusals,
+                      receipt=await self.receipt(collector_id, request.batch.receipt_tree_size))
 
     async def ingest(
         self, *, collector_id: str, envelopes: list[pb.SignedBlock], transport: str, peer: str,
@@ -284,8 +326,9 @@ class IngestCore:
                 self.stats.last_stored_unix_ms[collector_id] = _now_ms()
             elif placement is Placement.DUPLICATE:
                 self.stats.duplicates[collector_id] += 1
-        if self.on_stored is not None and Placement.NEXT in appended.placements:
-            self.on_stored(collector_id)
+        if Placement.NEXT in appended.placements:
+            for listener in self.on_stored:
+                listener(collector_id)
         if appended.refused is not None:
             entry = appended.refused
             self._count_refusal(entry, appended.evidence_kept)

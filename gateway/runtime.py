@@ -10,6 +10,8 @@ import logging
 import ssl
 import time
 
+import nacl.signing
+
 from gateway.accounting.accountant import Accountant
 from gateway.config import LoadedGatewayConfig
 from gateway.errors import ConfigError, EnrolmentError, LedgerError
@@ -21,10 +23,12 @@ from gateway.metrics import GatewaySnapshot, status_document
 from gateway.metrics import render as render_metrics
 from gateway.mqtt_ingest import MqttIngest
 from gateway.sink import TimeSeriesSink
+from gateway.translog.log import TransparencyLog
 from gateway.tsdb import InfluxWriter
 from proto.credentials import BrokerCredentials, read_secret
-from proto.errors import UnacceptableKeyError
+from proto.errors import KeyFileError, UnacceptableKeyError
 from proto.http_endpoint import HttpEndpoint, Response
+from proto.keys import generate_key_files, load_signing_key
 from proto.wire import check_public_key, key_id_of
 
 __all__ = ["GatewayRuntime", "enroll_collector"]
@@ -59,7 +63,13 @@ class GatewayRuntime:
         self._mqtt_task: asyncio.Task[None] | None = None
         self.sink = _timeseries_sink(config, self.ledger)
         if self.sink is not None:
-            self.core.on_stored = self.sink.notify
+            self.core.on_stored.append(self.sink.notify)
+        self.log = TransparencyLog(ledger=self.ledger, origin=config.log_origin(),
+                                   signing_key=_log_signing_key(config),
+                                   checkpoint_interval_s=section.log.checkpoint_interval_s)
+        self.core.on_stored.append(self.log.notify)
+        self.core.receipts = self.log.receipt
+        self._log_task: asyncio.Task[None] | None = None
         self._sink_task: asyncio.Task[None] | None = None
         self.accountant: Accountant | None = None
         if section.accounting is not None:
@@ -82,6 +92,11 @@ class GatewayRuntime:
         keys = await self.ledger.collector_keys()
         log.info("gateway %s: ledger %r, %d enrolled collector(s)",
                  self.config.config.gateway.id, self.ledger, len(keys))
+        await self.log.start()
+        log.info("transparency log %s: %d leaves; checkpoints verify with %s",
+                 self.log.origin, self.log.size, self.log.verifier_key)
+        self._log_task = asyncio.create_task(self.log.run(), name="transparency-log")
+        self._log_task.add_done_callback(_report_crash)
         port = await self.grpc.start() if self.grpc is not None else 0
         if self.mqtt is not None:
             self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt-ingest")
@@ -143,6 +158,11 @@ class GatewayRuntime:
             self._mqtt_task = None
         if self.grpc is not None:
             await self.grpc.stop()
+        if self._log_task is not None:
+            self._log_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_task
+            self._log_task = None
         if self._accountant_task is not None:
             self._accountant_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -189,6 +209,23 @@ def _timeseries_writer(config: LoadedGatewayConfig) -> InfluxWriter | None:
     return InfluxWriter(url=section.url, org=section.org, bucket=section.bucket, token=token,
                         timeout_s=section.timeout_s,
                         ca_file=_path(config, section.ca_file, "timeseries.ca_file"))
+
+
+def _log_signing_key(config: LoadedGatewayConfig) -> nacl.signing.SigningKey:
+    """The key that signs the log's checkpoints; made (with its .pub) on the first start."""
+    path = config.resolve(config.config.log.key_file)
+    if not path.exists():
+        try:
+            generate_key_files(path)
+        except (OSError, KeyFileError) as exc:
+            raise ConfigError(str(config.source), "log.key_file",
+                              f"no key at {path}, and cannot make one: {exc}") from exc
+        log.warning("transparency log: made a new checkpoint signing key at %s (keep it; every "
+                    "gateway of this ledger needs the same one)", path)
+    try:
+        return load_signing_key(path)
+    except KeyFileError as exc:
+        raise ConfigError(str(config.source), "log.key_file", str(exc)) from exc
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

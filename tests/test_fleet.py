@@ -74,8 +74,10 @@ async def test_three_gateways_ten_collectors_one_gateway_killed(
                                public_key=load_public_key(directory / "collector.key.pub"))
         collectors[collector_id] = build_runtime(load_plant(path))
     for index in range(GATEWAYS):
+        # gateways sharing a ledger share its log key (a second key is refused at start)
         config = write_mqtt_gateway(tmp_path / f"gateway-{index}", broker,
-                                    ledger={"url": postgres_url})
+                                    ledger={"url": postgres_url},
+                                    log_key_file=tmp_path / "log-signing.key")
         log = tmp_path / f"gateway-{index}.log"
         gateways.append(stackline("gateway", "run", "--config", str(config), log=log))
         await wait_for(functools.partial(_subscribed, log), timeout_s=30,

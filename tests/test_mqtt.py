@@ -64,8 +64,10 @@ class Site:
 
 
 def write_mqtt_gateway(directory: Path, broker: Broker, *, grpc: bool = False,
-                       ledger: dict[str, str] | None = None) -> Path:
-    """A gateway configuration ingesting from the broker (and gRPC on a free port if asked)."""
+                       ledger: dict[str, str] | None = None, log_key_file: Path | None = None
+                       ) -> Path:
+    """A gateway configuration ingesting from the broker (and gRPC on a free port if asked);
+    gateways sharing one ledger share its log key (`log_key_file`)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "mqtt-password").write_text(broker.users[GATEWAY_USER] + "\n")
     config = directory / "gateway.yaml"
@@ -75,6 +77,7 @@ def write_mqtt_gateway(directory: Path, broker: Broker, *, grpc: bool = False,
         "ledger": ledger or {"path": "ledger.sqlite"},
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "username": GATEWAY_USER,
                  "password_file": "mqtt-password", "insecure": True, "reconnect_max_s": 0.5},
+        **({"log": {"key_file": str(log_key_file)}} if log_key_file else {}),
     }))
     return config
 

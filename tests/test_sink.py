@@ -372,7 +372,7 @@ async def test_the_sink_wakes_when_ingest_stores_blocks(ledger: SqliteLedger,
     writer = RecordingWriter()
     sink = sink_for(ledger, writer, poll_interval_s=600.0)  # no polling: only the wakeup
     core = IngestCore(ledger=ledger)
-    core.on_stored = sink.notify
+    core.on_stored.append(sink.notify)
     await ledger.enroll(plant.key)
     task = asyncio.create_task(sink.run())
     try:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.translog.merkle import AsyncMerkleTree
 from proto.chain import ChainHead, Placement
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "Ledger",
     "LedgerSummary",
     "QuarantineEntry",
+    "StoredCheckpoint",
     "StoredRow",
     "VerifiedBlock",
 ]
@@ -123,6 +125,16 @@ class CollectorOverview:
                                 None if row[3] is None else int(row[3]), int(row[4]))
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A published checkpoint of the transparency log: its size, root and signed note."""
+
+    tree_size: int
+    root_hash: bytes
+    note: str
+    published_unix_ms: int
+
+
 class Ledger(Protocol):
     """Append-only storage of verified blocks, idempotent on (collector id, sequence)."""
 
@@ -205,6 +217,60 @@ class Ledger(Protocol):
 
     async def collectors_overview(self) -> dict[str, CollectorOverview]:
         """Per enrolled collector: chain head, readings, newest window, quarantined entries."""
+        ...
+
+    # --- the transparency log (gateway.translog) ------------------------------------------------
+
+    async def log_integrate(self, *, max_leaves: int) -> tuple[int, int]:
+        """Append up to `max_leaves` stored blocks not yet in the log, in acceptance order, as
+        leaves SHA-256(0x00 || payload); return (tree size after, leaves added). One writer at a
+        time across every gateway sharing the ledger; the others wait or find nothing to do."""
+        ...
+
+    def log_tree(self) -> AsyncMerkleTree:
+        """The log's Merkle tree, for roots and proofs (reads only; `log_integrate` appends)."""
+        ...
+
+    async def log_leaf_indexes(self, collector_id: str, first_sequence: int,
+                               last_sequence: int) -> dict[int, int]:
+        """Sequence -> leaf index of the collector's blocks in [first, last] that are in the log."""
+        ...
+
+    async def log_inclusion_proofs(self, collector_id: str, first_sequence: int,
+                                   last_sequence: int, *, tree_size: int
+                                   ) -> list[tuple[int, int, list[bytes]]]:
+        """(sequence, leaf index, RFC 9162 audit path to `tree_size`) of each of the collector's
+        blocks in [first, last] that is among the first `tree_size` leaves, in sequence order; one
+        round trip for the lookups and one for the nodes. ProofRequestError for a size past the
+        log's."""
+        ...
+
+    async def log_latest_leaf(self, collector_id: str, *, below_size: int) -> tuple[int, int] | None:
+        """(sequence, leaf index) of the collector's newest block among the first `below_size`
+        leaves, or None."""
+        ...
+
+    async def log_leaf(self, leaf_index: int) -> tuple[str, int] | None:
+        """(collector id, sequence) of a leaf, or None past the end."""
+        ...
+
+    async def log_verifier_key(self, verifier_key: str) -> str:
+        """Record the log's verifier key if none is recorded; return the recorded one (a gateway
+        whose key differs must not sign this log's checkpoints)."""
+        ...
+
+    async def put_checkpoint(self, checkpoint: StoredCheckpoint) -> StoredCheckpoint:
+        """Keep a published checkpoint; if one of that size is stored already, keep that one and
+        return it."""
+        ...
+
+    async def checkpoint(self, tree_size: int | None = None) -> StoredCheckpoint | None:
+        """The published checkpoint of that size, or the latest one (None: none published)."""
+        ...
+
+    async def checkpoints(self, *, limit: int = 100, before_size: int | None = None
+                          ) -> list[StoredCheckpoint]:
+        """Published checkpoints, newest first, of sizes below `before_size` when given."""
         ...
 
     async def close(self) -> None:

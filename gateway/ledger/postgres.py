@@ -47,6 +47,7 @@ from gateway.ledger.base import (
     CollectorOverview,
     LedgerSummary,
     QuarantineEntry,
+    StoredCheckpoint,
     StoredRow,
     VerifiedBlock,
 )
@@ -57,6 +58,7 @@ from gateway.ledger.placement import (
     plan_append,
     repeated_sequences,
 )
+from gateway.translog.merkle import AsyncMerkleTree, NodeId, NodeWrite, leaf_hash
 from proto.chain import ChainHead, StoredBlock
 from proto.wire import GENESIS_HASH
 
@@ -187,6 +189,58 @@ CREATE TABLE accounting_hours (
     document TEXT NOT NULL,
     computed_unix_ms BIGINT NOT NULL,
     PRIMARY KEY (plant_id, unit_id, hour_start_unix_ms)
+)
+""",
+    )),
+    Migration(4, "transparency log: nodes, leaves, queue, checkpoints", (
+        # complete-subtree hashes (level 0: leaf hashes); written once, never changed
+        """
+CREATE TABLE log_nodes (
+    level SMALLINT NOT NULL,
+    idx BIGINT NOT NULL,
+    hash BYTEA NOT NULL,
+    PRIMARY KEY (level, idx)
+)
+""",
+        """
+CREATE TABLE log_leaves (
+    leaf_index BIGINT PRIMARY KEY,
+    collector_id TEXT COLLATE "C" NOT NULL,
+    sequence BIGINT NOT NULL,
+    UNIQUE (collector_id, sequence)
+)
+""",
+        # the row an integrator locks: one writer of the tree at a time across gateways
+        """
+CREATE TABLE log_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    size BIGINT NOT NULL,
+    verifier_key TEXT
+)
+""",
+        "INSERT INTO log_state VALUES (1, 0, NULL)",
+        # blocks stored but not yet in the log: entry_index values commit out of order across
+        # collectors, so the log takes what has committed, in entry order, from this queue
+        "CREATE TABLE log_queue (entry_index BIGINT PRIMARY KEY)",
+        "INSERT INTO log_queue SELECT entry_index FROM blocks",
+        """
+CREATE FUNCTION log_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO log_queue SELECT entry_index FROM new_rows;
+    RETURN NULL;
+END
+$$
+""",
+        """
+CREATE TRIGGER blocks_enqueue AFTER INSERT ON blocks REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION log_enqueue()
+""",
+        """
+CREATE TABLE log_checkpoints (
+    tree_size BIGINT PRIMARY KEY,
+    root_hash BYTEA NOT NULL,
+    note TEXT NOT NULL,
+    published_unix_ms BIGINT NOT NULL
 )
 """,
     )),
@@ -622,6 +676,117 @@ class PostgresLedger:
             return moved is not None
         return await self._run(work)
 
+    # --- the transparency log ------------------------------------------------------------------
+
+    async def log_integrate(self, *, max_leaves: int) -> tuple[int, int]:
+        """Append queued blocks (entry order) to the log in one transaction, holding the lock
+        on `log_state` that makes this gateway the log's only writer meanwhile."""
+        async def work(conn: Any) -> tuple[int, int]:
+            async with conn.transaction():
+                size = int(await conn.fetchval("SELECT size FROM log_state WHERE id = 1 FOR UPDATE"))
+                rows = await conn.fetch(
+                    "SELECT q.entry_index, b.collector_id, b.sequence, b.payload FROM log_queue q "
+                    "JOIN blocks b ON b.entry_index = q.entry_index ORDER BY q.entry_index "
+                    "LIMIT $1", max_leaves)
+                if not rows:
+                    return size, 0
+                tree = AsyncMerkleTree(store=_PostgresNodes(conn, size))
+                grown = await tree.append_many(leaf_hash(bytes(r[3])) for r in rows)
+                await conn.copy_records_to_table(
+                    "log_leaves", columns=("leaf_index", "collector_id", "sequence"),
+                    records=[(size + i, r[1], r[2]) for i, r in enumerate(rows)])
+                await conn.execute("DELETE FROM log_queue WHERE entry_index = ANY($1::bigint[])",
+                                   [r[0] for r in rows])
+                await conn.execute("UPDATE log_state SET size = $1 WHERE id = 1", grown)
+                return grown, len(rows)
+        return await self._run(work)
+
+    def log_tree(self) -> AsyncMerkleTree:
+        """The log's tree, read through the pool."""
+        return AsyncMerkleTree(store=_PostgresNodeReader(self))
+
+    async def log_leaf_indexes(self, collector_id: str, first_sequence: int,
+                               last_sequence: int) -> dict[int, int]:
+        """Sequence -> leaf index for the collector's blocks in the range that are in the log."""
+        async def work(conn: Any) -> dict[int, int]:
+            rows = await conn.fetch("SELECT sequence, leaf_index FROM log_leaves WHERE "
+                                    "collector_id = $1 AND sequence BETWEEN $2 AND $3",
+                                    collector_id, first_sequence, last_sequence)
+            return {int(r[0]): int(r[1]) for r in rows}
+        return await self._run(work)
+
+    async def log_inclusion_proofs(self, collector_id: str, first_sequence: int,
+                                   last_sequence: int, *, tree_size: int
+                                   ) -> list[tuple[int, int, list[bytes]]]:
+        """Audit paths of the collector's logged blocks in a range, on one connection."""
+        async def work(conn: Any) -> list[tuple[int, int, list[bytes]]]:
+            size = int(await conn.fetchval("SELECT size FROM log_state WHERE id = 1"))
+            rows = await conn.fetch("SELECT sequence, leaf_index FROM log_leaves WHERE "
+                                    "collector_id = $1 AND sequence BETWEEN $2 AND $3 AND "
+                                    "leaf_index < $4 ORDER BY sequence", collector_id,
+                                    first_sequence, last_sequence, tree_size)
+            tree = AsyncMerkleTree(store=_PostgresNodes(conn, size))
+            paths = await tree.inclusion_proofs([int(r[1]) for r in rows], tree_size)
+            return [(int(r[0]), int(r[1]), path) for r, path in zip(rows, paths, strict=True)]
+        return await self._run(work)
+
+    async def log_latest_leaf(self, collector_id: str, *, below_size: int) -> tuple[int, int] | None:
+        """The collector's newest block among the first `below_size` leaves."""
+        async def work(conn: Any) -> tuple[int, int] | None:
+            row = await conn.fetchrow("SELECT sequence, leaf_index FROM log_leaves WHERE "
+                                      "collector_id = $1 AND leaf_index < $2 ORDER BY sequence "
+                                      "DESC LIMIT 1", collector_id, below_size)
+            return None if row is None else (int(row[0]), int(row[1]))
+        return await self._run(work)
+
+    async def log_leaf(self, leaf_index: int) -> tuple[str, int] | None:
+        """Which block a leaf is."""
+        async def work(conn: Any) -> tuple[str, int] | None:
+            row = await conn.fetchrow("SELECT collector_id, sequence FROM log_leaves WHERE "
+                                      "leaf_index = $1", leaf_index)
+            return None if row is None else (str(row[0]), int(row[1]))
+        return await self._run(work)
+
+    async def log_verifier_key(self, verifier_key: str) -> str:
+        """Record the log's verifier key once; return the recorded one."""
+        async def work(conn: Any) -> str:
+            async with conn.transaction():
+                await conn.execute("UPDATE log_state SET verifier_key = $1 WHERE id = 1 AND "
+                                   "verifier_key IS NULL", verifier_key)
+                return str(await conn.fetchval("SELECT verifier_key FROM log_state WHERE id = 1"))
+        return await self._run(work)
+
+    async def put_checkpoint(self, checkpoint: StoredCheckpoint) -> StoredCheckpoint:
+        """Keep a checkpoint unless one of its size is kept already; return the kept one."""
+        async def work(conn: Any) -> StoredCheckpoint:
+            await conn.execute("INSERT INTO log_checkpoints VALUES ($1, $2, $3, $4) "
+                               "ON CONFLICT (tree_size) DO NOTHING", checkpoint.tree_size,
+                               checkpoint.root_hash, checkpoint.note, checkpoint.published_unix_ms)
+            row = await conn.fetchrow(_CHECKPOINT_COLUMNS + "WHERE tree_size = $1",
+                                      checkpoint.tree_size)
+            return _checkpoint(row)
+        return await self._run(work)
+
+    async def checkpoint(self, tree_size: int | None = None) -> StoredCheckpoint | None:
+        """The checkpoint of a size, or the latest."""
+        async def work(conn: Any) -> StoredCheckpoint | None:
+            if tree_size is None:
+                row = await conn.fetchrow(_CHECKPOINT_COLUMNS + "ORDER BY tree_size DESC LIMIT 1")
+            else:
+                row = await conn.fetchrow(_CHECKPOINT_COLUMNS + "WHERE tree_size = $1", tree_size)
+            return None if row is None else _checkpoint(row)
+        return await self._run(work)
+
+    async def checkpoints(self, *, limit: int = 100, before_size: int | None = None
+                          ) -> list[StoredCheckpoint]:
+        """Published checkpoints, newest first."""
+        async def work(conn: Any) -> list[StoredCheckpoint]:
+            rows = await conn.fetch(_CHECKPOINT_COLUMNS + "WHERE tree_size < $1 ORDER BY "
+                                    "tree_size DESC LIMIT $2",
+                                    (1 << 63) - 1 if before_size is None else before_size, limit)
+            return [_checkpoint(r) for r in rows]
+        return await self._run(work)
+
     async def close(self) -> None:
         """Close the pool; the ledger cannot be used afterwards."""
         async with self._opening:
@@ -629,3 +794,67 @@ class PostgresLedger:
             pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+
+_CHECKPOINT_COLUMNS = "SELECT tree_size, root_hash, note, published_unix_ms FROM log_checkpoints "
+
+
+def _checkpoint(row: Any) -> StoredCheckpoint:
+    return StoredCheckpoint(int(row[0]), bytes(row[1]), str(row[2]), int(row[3]))
+
+
+async def _get_nodes(conn: Any, nodes: Sequence[NodeId]) -> list[bytes]:
+    if not nodes:
+        return []
+    rows = await conn.fetch(
+        "SELECT n.level, n.idx, n.hash FROM unnest($1::smallint[], $2::bigint[]) AS w(level, idx) "
+        "JOIN log_nodes n ON n.level = w.level AND n.idx = w.idx",
+        [level for level, _ in nodes], [index for _, index in nodes])
+    found = {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows}
+    missing = [node for node in nodes if node not in found]
+    if missing:
+        level, index = missing[0]
+        raise LedgerError(f"the transparency log's node (level {level}, index {index}) is "
+                          "missing from the ledger: run stackline verify")
+    return [found[node] for node in nodes]
+
+
+class _PostgresNodes:
+    """The log's `AsyncHashStore` inside one integrating transaction."""
+
+    def __init__(self, conn: Any, size: int) -> None:
+        self._conn = conn
+        self._size = size
+
+    async def leaf_count(self) -> int:
+        return self._size
+
+    async def get(self, nodes: Sequence[NodeId]) -> list[bytes]:
+        return await _get_nodes(self._conn, nodes)
+
+    async def put(self, nodes: Sequence[NodeWrite], *, leaf_count: int) -> None:
+        # the primary key refuses a node written twice: a second writer fails, it cannot fork
+        await self._conn.copy_records_to_table("log_nodes", columns=("level", "idx", "hash"),
+                                               records=nodes)
+        self._size = leaf_count
+
+
+class _PostgresNodeReader:
+    """The log's `AsyncHashStore` for reads, through the ledger's pool."""
+
+    def __init__(self, ledger: PostgresLedger) -> None:
+        self._ledger = ledger
+
+    def __repr__(self) -> str:
+        return f"_PostgresNodeReader({self._ledger!r})"
+
+    async def leaf_count(self) -> int:
+        async def work(conn: Any) -> int:
+            return int(await conn.fetchval("SELECT size FROM log_state WHERE id = 1"))
+        return await self._ledger._run(work)
+
+    async def get(self, nodes: Sequence[NodeId]) -> list[bytes]:
+        return await self._ledger._run(lambda conn: _get_nodes(conn, nodes))
+
+    async def put(self, nodes: Sequence[NodeWrite], *, leaf_count: int) -> None:
+        raise LedgerError("the log is appended through log_integrate, not through its reader")

@@ -22,11 +22,13 @@ from gateway.ledger.base import (
     CollectorOverview,
     LedgerSummary,
     QuarantineEntry,
+    StoredCheckpoint,
     StoredRow,
     VerifiedBlock,
 )
 from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
 from gateway.ledger.placement import SIGNED_EVIDENCE_REASONS, budget_quarantine, plan_append
+from gateway.translog.merkle import AsyncMerkleTree, MerkleTree, NodeId, NodeWrite, leaf_hash
 from proto.chain import ChainHead, StoredBlock
 
 __all__ = ["SCHEMA_VERSION", "SqliteLedger"]
@@ -34,6 +36,7 @@ __all__ = ["SCHEMA_VERSION", "SqliteLedger"]
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 5.0
 PAGE_ROWS = 2000
+_NODES_PER_QUERY = 400  # (level, idx) pairs per statement, under SQLite's parameter limit
 _T = TypeVar("_T")
 
 _SCHEMA = (
@@ -111,6 +114,42 @@ CREATE TABLE IF NOT EXISTS sink_cursors (
     collector_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
     PRIMARY KEY (sink, collector_id)
+)
+""",
+    # the transparency log (gateway.translog): complete-subtree hashes (level 0: leaf hashes),
+    # which block each leaf is, the log's size and how far into `blocks` it has integrated (one
+    # SQLite writer commits blocks in entry_index order), the key that signs its checkpoints
+    """
+CREATE TABLE IF NOT EXISTS log_nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID
+""",
+    """
+CREATE TABLE IF NOT EXISTS log_leaves (
+    leaf_index INTEGER PRIMARY KEY,
+    collector_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    UNIQUE (collector_id, sequence)
+)
+""",
+    """
+CREATE TABLE IF NOT EXISTS log_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    size INTEGER NOT NULL,
+    entry_watermark INTEGER NOT NULL,
+    verifier_key TEXT
+)
+""",
+    "INSERT OR IGNORE INTO log_state VALUES (1, 0, 0, NULL)",
+    """
+CREATE TABLE IF NOT EXISTS log_checkpoints (
+    tree_size INTEGER PRIMARY KEY,
+    root_hash BLOB NOT NULL,
+    note TEXT NOT NULL,
+    published_unix_ms INTEGER NOT NULL
 )
 """,
     f"""
@@ -458,6 +497,113 @@ class SqliteLedger:
                 return True
         return await self._run(work)
 
+    # --- the transparency log ------------------------------------------------------------------
+
+    async def log_integrate(self, *, max_leaves: int) -> tuple[int, int]:
+        """Append the next stored blocks (entry order) to the log in one transaction."""
+        def work(db: sqlite3.Connection) -> tuple[int, int]:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                size, watermark = db.execute(
+                    "SELECT size, entry_watermark FROM log_state WHERE id = 1").fetchone()
+                rows = db.execute(
+                    "SELECT entry_index, collector_id, sequence, payload FROM blocks "
+                    "WHERE entry_index > ? ORDER BY entry_index LIMIT ?",
+                    (watermark, max_leaves)).fetchall()
+                if not rows:
+                    return int(size), 0
+                tree = MerkleTree(store=_SqliteNodes(db, int(size)))
+                grown = tree.append_many(leaf_hash(bytes(r[3])) for r in rows)
+                db.executemany("INSERT INTO log_leaves VALUES (?, ?, ?)",
+                               [(int(size) + i, r[1], r[2]) for i, r in enumerate(rows)])
+                db.execute("UPDATE log_state SET size = ?, entry_watermark = ? WHERE id = 1",
+                           (grown, rows[-1][0]))
+                return grown, len(rows)
+        return await self._run(work)
+
+    def log_tree(self) -> AsyncMerkleTree:
+        """The log's tree, read through the worker thread."""
+        return AsyncMerkleTree(store=_SqliteNodeReader(self))
+
+    async def log_leaf_indexes(self, collector_id: str, first_sequence: int,
+                               last_sequence: int) -> dict[int, int]:
+        """Sequence -> leaf index for the collector's blocks in the range that are in the log."""
+        def work(db: sqlite3.Connection) -> dict[int, int]:
+            rows = db.execute("SELECT sequence, leaf_index FROM log_leaves WHERE collector_id = ? "
+                              "AND sequence BETWEEN ? AND ?",
+                              (collector_id, first_sequence, last_sequence)).fetchall()
+            return {int(r[0]): int(r[1]) for r in rows}
+        return await self._run(work)
+
+    async def log_inclusion_proofs(self, collector_id: str, first_sequence: int,
+                                   last_sequence: int, *, tree_size: int
+                                   ) -> list[tuple[int, int, list[bytes]]]:
+        """Audit paths of the collector's logged blocks in a range, in one worker call."""
+        def work(db: sqlite3.Connection) -> list[tuple[int, int, list[bytes]]]:
+            (size,) = db.execute("SELECT size FROM log_state WHERE id = 1").fetchone()
+            rows = db.execute("SELECT sequence, leaf_index FROM log_leaves WHERE collector_id = ? "
+                              "AND sequence BETWEEN ? AND ? AND leaf_index < ? ORDER BY sequence",
+                              (collector_id, first_sequence, last_sequence, tree_size)).fetchall()
+            tree = MerkleTree(store=_SqliteNodes(db, int(size)))
+            paths = tree.inclusion_proofs([int(r[1]) for r in rows], tree_size)
+            return [(int(r[0]), int(r[1]), path) for r, path in zip(rows, paths, strict=True)]
+        return await self._run(work)
+
+    async def log_latest_leaf(self, collector_id: str, *, below_size: int) -> tuple[int, int] | None:
+        """The collector's newest block among the first `below_size` leaves."""
+        def work(db: sqlite3.Connection) -> tuple[int, int] | None:
+            row = db.execute("SELECT sequence, leaf_index FROM log_leaves WHERE collector_id = ? "
+                             "AND leaf_index < ? ORDER BY sequence DESC LIMIT 1",
+                             (collector_id, below_size)).fetchone()
+            return None if row is None else (int(row[0]), int(row[1]))
+        return await self._run(work)
+
+    async def log_leaf(self, leaf_index: int) -> tuple[str, int] | None:
+        """Which block a leaf is."""
+        def work(db: sqlite3.Connection) -> tuple[str, int] | None:
+            row = db.execute("SELECT collector_id, sequence FROM log_leaves WHERE leaf_index = ?",
+                             (leaf_index,)).fetchone()
+            return None if row is None else (str(row[0]), int(row[1]))
+        return await self._run(work)
+
+    async def log_verifier_key(self, verifier_key: str) -> str:
+        """Record the log's verifier key once; return the recorded one."""
+        def work(db: sqlite3.Connection) -> str:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("UPDATE log_state SET verifier_key = ? WHERE id = 1 AND verifier_key "
+                           "IS NULL", (verifier_key,))
+                return str(db.execute("SELECT verifier_key FROM log_state").fetchone()[0])
+        return await self._run(work)
+
+    async def put_checkpoint(self, checkpoint: StoredCheckpoint) -> StoredCheckpoint:
+        """Keep a checkpoint unless one of its size is kept already; return the kept one."""
+        def work(db: sqlite3.Connection) -> StoredCheckpoint:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR IGNORE INTO log_checkpoints VALUES (?, ?, ?, ?)",
+                           (checkpoint.tree_size, checkpoint.root_hash, checkpoint.note,
+                            checkpoint.published_unix_ms))
+                return _checkpoints(db, "WHERE tree_size = ?", (checkpoint.tree_size,), 1)[0]
+        return await self._run(work)
+
+    async def checkpoint(self, tree_size: int | None = None) -> StoredCheckpoint | None:
+        """The checkpoint of a size, or the latest."""
+        def work(db: sqlite3.Connection) -> StoredCheckpoint | None:
+            found = (_checkpoints(db, "", (), 1) if tree_size is None
+                     else _checkpoints(db, "WHERE tree_size = ?", (tree_size,), 1))
+            return found[0] if found else None
+        return await self._run(work)
+
+    async def checkpoints(self, *, limit: int = 100, before_size: int | None = None
+                          ) -> list[StoredCheckpoint]:
+        """Published checkpoints, newest first."""
+        def work(db: sqlite3.Connection) -> list[StoredCheckpoint]:
+            if before_size is None:
+                return _checkpoints(db, "", (), limit)
+            return _checkpoints(db, "WHERE tree_size < ?", (before_size,), limit)
+        return await self._run(work)
+
     async def close(self) -> None:
         """Close the connection and the worker thread."""
         def work(db: sqlite3.Connection) -> None:
@@ -467,3 +613,68 @@ class SqliteLedger:
             self._db = None
         self._executor.shutdown(wait=True)
 
+
+
+def _checkpoints(db: sqlite3.Connection, where: str, args: tuple[int, ...],
+                 limit: int) -> list[StoredCheckpoint]:
+    rows = db.execute(
+        f"SELECT tree_size, root_hash, note, published_unix_ms FROM log_checkpoints {where} "  # noqa: S608 - fixed clauses
+        "ORDER BY tree_size DESC LIMIT ?", (*args, limit)).fetchall()
+    return [StoredCheckpoint(int(r[0]), bytes(r[1]), str(r[2]), int(r[3])) for r in rows]
+
+
+def _get_nodes(db: sqlite3.Connection, nodes: Sequence[NodeId]) -> list[bytes]:
+    found: dict[NodeId, bytes] = {}
+    for start in range(0, len(nodes), _NODES_PER_QUERY):
+        chunk = nodes[start:start + _NODES_PER_QUERY]
+        values = ", ".join("(?, ?)" for _ in chunk)
+        rows = db.execute(
+            f"SELECT n.level, n.idx, n.hash FROM (VALUES {values}) AS w CROSS JOIN log_nodes n "  # noqa: S608 - placeholders only
+            "ON n.level = w.column1 AND n.idx = w.column2",
+            [part for node in chunk for part in node]).fetchall()
+        found.update(((int(r[0]), int(r[1])), bytes(r[2])) for r in rows)
+    missing = [node for node in nodes if node not in found]
+    if missing:
+        level, index = missing[0]
+        raise LedgerError(f"the transparency log's node (level {level}, index {index}) is "
+                          "missing from the ledger: run stackline verify")
+    return [found[node] for node in nodes]
+
+
+class _SqliteNodes:
+    """The log's `HashStore` inside one of the worker thread's transactions."""
+
+    def __init__(self, db: sqlite3.Connection, size: int) -> None:
+        self._db = db
+        self._size = size
+
+    def leaf_count(self) -> int:
+        return self._size
+
+    def get(self, nodes: Sequence[NodeId]) -> list[bytes]:
+        return _get_nodes(self._db, nodes)
+
+    def put(self, nodes: Sequence[NodeWrite], *, leaf_count: int) -> None:
+        # the primary key refuses a node written twice: a second writer fails, it cannot fork
+        self._db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)", nodes)
+        self._size = leaf_count
+
+
+class _SqliteNodeReader:
+    """The log's `AsyncHashStore` for reads, through the ledger's worker thread."""
+
+    def __init__(self, ledger: SqliteLedger) -> None:
+        self._ledger = ledger
+
+    def __repr__(self) -> str:
+        return f"_SqliteNodeReader({self._ledger!r})"
+
+    async def leaf_count(self) -> int:
+        return await self._ledger._run(
+            lambda db: int(db.execute("SELECT size FROM log_state WHERE id = 1").fetchone()[0]))
+
+    async def get(self, nodes: Sequence[NodeId]) -> list[bytes]:
+        return await self._ledger._run(lambda db: _get_nodes(db, nodes))
+
+    async def put(self, nodes: Sequence[NodeWrite], *, leaf_count: int) -> None:
+        raise LedgerError("the log is appended through log_integrate, not through its reader")

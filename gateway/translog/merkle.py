@@ -24,6 +24,8 @@ from gateway.errors import GatewayError, LedgerError
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "AsyncHashStore",
+    "AsyncMerkleTree",
     "HashStore",
     "MemoryHashStore",
     "MerkleTree",
@@ -413,13 +415,99 @@ class MemoryHashStore:
 # --- The tree ----------------------------------------------------------------------------------
 
 
+def _edge_nodes(size: int) -> list[NodeId]:
+    """The complete subtrees along the right edge of a tree of `size` leaves, largest first (one
+    per set bit of the size): all an append needs to read."""
+    return [(level, (size >> level) - 1)
+            for level in reversed(range(size.bit_length())) if size >> level & 1]
+
+
+def _edge_reads(size: int, count: int) -> list[NodeId]:
+    """The right-edge nodes of a tree of `size` leaves that appending `count` leaves combines
+    into new parents: the ones not on the right edge of the grown tree. Only these are read."""
+    after = set(_edge_nodes(size + count))
+    return [node for node in _edge_nodes(size) if node not in after]
+
+
+def _append_writes(size: int, edge: dict[NodeId, bytes], leaf_hashes: Sequence[bytes]
+                   ) -> tuple[list[NodeWrite], int]:
+    """The node writes that append `leaf_hashes` to a tree of `size` leaves, given the hashes of
+    `_edge_reads(size, len(leaf_hashes))` in `edge`; and the new size."""
+    stack: list[NodeId] = _edge_nodes(size)
+    known = dict(edge)
+    writes: list[NodeWrite] = []
+    for leaf in leaf_hashes:
+        if len(leaf) != HASH_SIZE:
+            raise ValueError(f"a leaf hash is {HASH_SIZE} bytes, not {len(leaf)}")
+        level, index, node = 0, size, leaf
+        writes.append((level, index, node))
+        while index & 1:  # a right child: its parent is now complete
+            left = known[stack.pop()]
+            level, index, node = level + 1, index >> 1, node_hash(left, node)
+            writes.append((level, index, node))
+        stack.append((level, index))
+        known[(level, index)] = node
+        size += 1
+    return writes, size
+
+
+def _check_size(size: int, leaf_count: int) -> None:
+    if not 0 <= size <= leaf_count:
+        raise ProofRequestError(f"tree size {size} is outside 0..{leaf_count}")
+
+
+def _proof_ranges(kind: str, first: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose MTHs answer a request: ("root", 0, size), ("inclusion", index,
+    size) or ("consistency", old_size, new_size); ProofRequestError for an impossible one."""
+    if kind == "root":
+        return [(0, size)] if size else []
+    if kind == "inclusion":
+        if not 0 <= first < size:
+            raise ProofRequestError(f"leaf index {first} is outside a tree of size {size}")
+        return _inclusion_ranges(first, size)
+    if not 0 <= first <= size:
+        raise ProofRequestError(f"no consistency proof from size {first} to {size}")
+    if first == 0 and size > 0:
+        raise ProofRequestError(f"no consistency proof from an empty tree (to size {size})")
+    return [] if first == size else _consistency_ranges(first, size)
+
+
+def _pieces(ranges: Sequence[tuple[int, int]]) -> tuple[list[list[NodeId]], list[NodeId]]:
+    """Per range, the stored complete subtrees it folds from; and all of them, for one read."""
+    pieces = [_subtree_nodes(start, end) for start, end in ranges]
+    return pieces, [node for nodes in pieces for node in nodes]
+
+
+def _fold_pieces(pieces: Sequence[Sequence[NodeId]], got: Sequence[bytes]) -> list[bytes]:
+    """MTH of each range from the hashes read for `_pieces`."""
+    wanted = sum(len(nodes) for nodes in pieces)
+    if len(got) != wanted:
+        raise LedgerError(f"asked the hash store for {wanted} Merkle nodes, got {len(got)}")
+    out: list[bytes] = []
+    offset = 0
+    for nodes in pieces:
+        out.append(_fold_right(got[offset:offset + len(nodes)]))
+        offset += len(nodes)
+    return out
+
+
+def _fold_many(plans: Sequence[tuple[list[list[NodeId]], list[NodeId]]], wanted: Sequence[NodeId],
+               got: Sequence[bytes]) -> list[list[bytes]]:
+    """Each plan's answer from one read of the union of their nodes."""
+    if len(got) != len(wanted):
+        raise LedgerError(f"asked the hash store for {len(wanted)} Merkle nodes, got {len(got)}")
+    found = dict(zip(wanted, got, strict=True))
+    return [_fold_pieces(pieces, [found[node] for node in nodes]) for pieces, nodes in plans]
+
+
 class MerkleTree:
     """An append-only RFC 9162 Merkle tree over a `HashStore`.
 
     Holds no state of its own: every answer comes from the store, so several readers can share
-    one store. Append costs amortised O(1) hashes and reads (one leaf plus the parents it
-    completes); `root`, `inclusion_proof` and `consistency_proof` each read O(log n) stored nodes
-    in one `HashStore.get` and hash only the incomplete right edge, at most log2(n) hashes.
+    one store. Append costs amortised O(1) hashes and reads (one leaf plus the parents it completes;
+    only the right-edge nodes those parents combine are read); `root`, `inclusion_proof` and
+    `consistency_proof` each read O(log n) stored nodes in one `HashStore.get` and hash only the
+    incomplete right edge, at most log2(n) hashes.
     """
 
     def __init__(self, *, store: HashStore) -> None:
@@ -438,79 +526,106 @@ class MerkleTree:
         return self.append_many([leaf_hash]) - 1
 
     def append_many(self, leaf_hashes: Iterable[bytes]) -> int:
-        """Append leaf hashes in order, in one `HashStore.put`; returns the new tree size.
-
-        Stores each leaf and every subtree it completes. The right edge of the tree (one
-        complete subtree per set bit of the size) is read from the store only where a new leaf
-        completes a parent, so a batch reads at most log2(n) nodes and one leaf amortised one.
-        """
+        """Append leaf hashes in order, in one `HashStore.put`; returns the new tree size."""
+        leaves = list(leaf_hashes)
         size = self._store.leaf_count()
-        # The complete subtrees along the right edge, largest first; hashes read when needed.
-        edge: list[tuple[int, int, bytes | None]] = [
-            (level, (size >> level) - 1, None)
-            for level in reversed(range(size.bit_length())) if size >> level & 1
-        ]
-        writes: list[NodeWrite] = []
-        for leaf in leaf_hashes:
-            if len(leaf) != HASH_SIZE:
-                raise ValueError(f"a leaf hash is {HASH_SIZE} bytes, not {len(leaf)}")
-            level, index, node = 0, size, leaf
-            writes.append((level, index, node))
-            while index & 1:  # a right child: its parent is now complete
-                left_level, left_index, left = edge.pop()
-                if left is None:
-                    left = self._store.get([(left_level, left_index)])[0]
-                level, index, node = level + 1, index >> 1, node_hash(left, node)
-                writes.append((level, index, node))
-            edge.append((level, index, node))
-            size += 1
+        reads = _edge_reads(size, len(leaves))
+        edge = dict(zip(reads, self._store.get(reads), strict=True)) if reads else {}
+        writes, size = _append_writes(size, edge, leaves)
         if writes:
             self._store.put(writes, leaf_count=size)
         return size
 
     def root(self, size: int) -> bytes:
         """MTH(D[size]) for any size up to the current one (RFC 9162 section 2.1.1)."""
-        self._check_size(size)
-        if size == 0:
-            return EMPTY_ROOT
-        return self._subtree_hashes([(0, size)])[0]
+        found = self._answer("root", 0, size)
+        return found[0] if found else EMPTY_ROOT
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """PATH(index, D[size]), bottom-up (RFC 9162 section 2.1.3.1), for 0 <= index < size."""
-        self._check_size(size)
-        if not 0 <= index < size:
-            raise ProofRequestError(f"leaf index {index} is outside a tree of size {size}")
-        return self._subtree_hashes(_inclusion_ranges(index, size))
+        return self._answer("inclusion", index, size)
+
+    def inclusion_proofs(self, indexes: Sequence[int], size: int) -> list[list[bytes]]:
+        """`inclusion_proof` of several leaves, from one `HashStore.get` of every node they need."""
+        _check_size(size, self._store.leaf_count())
+        plans = [_pieces(_proof_ranges("inclusion", index, size)) for index in indexes]
+        wanted = list(dict.fromkeys(node for _, nodes in plans for node in nodes))
+        return _fold_many(plans, wanted, self._store.get(wanted))
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """PROOF(old_size, D[new_size]) (RFC 9162 section 2.1.4.1); empty for equal sizes.
 
         RFC 9162 defines no proof from an empty tree, so 0 == old_size < new_size is refused.
         """
-        self._check_size(new_size)
-        if not 0 <= old_size <= new_size:
-            raise ProofRequestError(f"no consistency proof from size {old_size} to {new_size}")
-        if old_size == 0 and new_size > 0:
-            raise ProofRequestError(f"no consistency proof from an empty tree (to size {new_size})")
-        if old_size == new_size:
-            return []
-        return self._subtree_hashes(_consistency_ranges(old_size, new_size))
+        return self._answer("consistency", old_size, new_size)
 
-    def _check_size(self, size: int) -> None:
-        leaf_count = self._store.leaf_count()
-        if not 0 <= size <= leaf_count:
-            raise ProofRequestError(f"tree size {size} is outside 0..{leaf_count}")
+    def _answer(self, kind: str, first: int, size: int) -> list[bytes]:
+        _check_size(size, self._store.leaf_count())
+        pieces, wanted = _pieces(_proof_ranges(kind, first, size))
+        return _fold_pieces(pieces, self._store.get(wanted))
 
-    def _subtree_hashes(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """MTH(D[start:end]) of each range, from one batched read of their complete pieces."""
-        pieces = [_subtree_nodes(start, end) for start, end in ranges]
-        wanted = [node for nodes in pieces for node in nodes]
-        got = self._store.get(wanted)
-        if len(got) != len(wanted):
-            raise LedgerError(f"asked the hash store for {len(wanted)} Merkle nodes, got {len(got)}")
-        out: list[bytes] = []
-        offset = 0
-        for nodes in pieces:
-            out.append(_fold_right(got[offset:offset + len(nodes)]))
-            offset += len(nodes)
-        return out
+
+class AsyncHashStore(Protocol):
+    """A `HashStore` whose reads and writes are awaited (a database behind an async driver)."""
+
+    async def leaf_count(self) -> int:
+        """Number of leaves appended so far."""
+        ...
+
+    async def get(self, nodes: Sequence[NodeId]) -> list[bytes]:
+        """As `HashStore.get`."""
+        ...
+
+    async def put(self, nodes: Sequence[NodeWrite], *, leaf_count: int) -> None:
+        """As `HashStore.put`."""
+        ...
+
+
+class AsyncMerkleTree:
+    """`MerkleTree` over an `AsyncHashStore`: the same nodes, reads and answers."""
+
+    def __init__(self, *, store: AsyncHashStore) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"AsyncMerkleTree(store={self._store!r})"
+
+    async def size(self) -> int:
+        """Number of leaves in the tree now."""
+        return await self._store.leaf_count()
+
+    async def append_many(self, leaf_hashes: Iterable[bytes]) -> int:
+        """As `MerkleTree.append_many`."""
+        leaves = list(leaf_hashes)
+        size = await self._store.leaf_count()
+        reads = _edge_reads(size, len(leaves))
+        edge = dict(zip(reads, await self._store.get(reads), strict=True)) if reads else {}
+        writes, size = _append_writes(size, edge, leaves)
+        if writes:
+            await self._store.put(writes, leaf_count=size)
+        return size
+
+    async def root(self, size: int) -> bytes:
+        """As `MerkleTree.root`."""
+        found = await self._answer("root", 0, size)
+        return found[0] if found else EMPTY_ROOT
+
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """As `MerkleTree.inclusion_proof`."""
+        return await self._answer("inclusion", index, size)
+
+    async def inclusion_proofs(self, indexes: Sequence[int], size: int) -> list[list[bytes]]:
+        """As `MerkleTree.inclusion_proofs`."""
+        _check_size(size, await self._store.leaf_count())
+        plans = [_pieces(_proof_ranges("inclusion", index, size)) for index in indexes]
+        wanted = list(dict.fromkeys(node for _, nodes in plans for node in nodes))
+        return _fold_many(plans, wanted, await self._store.get(wanted))
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """As `MerkleTree.consistency_proof`."""
+        return await self._answer("consistency", old_size, new_size)
+
+    async def _answer(self, kind: str, first: int, size: int) -> list[bytes]:
+        _check_size(size, await self._store.leaf_count())
+        pieces, wanted = _pieces(_proof_ranges(kind, first, size))
+        return _fold_pieces(pieces, await self._store.get(wanted))

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"proto/stackline/v1/stackline.proto\x12\x0cstackline.v1\"\xe6\x01\n\x07Reading\x12\x10\n\x08point_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\x01\x12&\n\x07quality\x18\x04 \x01(\x0e\x32\x15.stackline.v1.Quality\x12\x15\n\rraw_registers\x18\x05 \x03(\r\x12\x16\n\tincrement\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x31\n\rcounter_event\x18\x07 \x01(\x0e\x32\x1a.stackline.v1.CounterEvent\x12\x0c\n\x04text\x18\x08 \x01(\tB\x0c\n\n_increment\"\x80\x02\n\x05\x42lock\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x15\n\rprevious_hash\x18\x03 \x01(\x0c\x12\x1c\n\x14window_start_unix_ms\x18\x04 \x01(\x03\x12\x1a\n\x12window_end_unix_ms\x18\x05 \x01(\x03\x12\'\n\x08readings\x18\x06 \x03(\x0b\x32\x15.stackline.v1.Reading\x12\x15\n\rconfig_digest\x18\x07 \x01(\x0c\x12%\n\x04kind\x18\x08 \x01(\x0e\x32\x17.stackline.v1.BlockKind\x12\x17\n\x0f\x63onfig_document\x18\t \x01(\x0c\"A\n\x0bSignedBlock\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"G\n\x05Hello\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x18\n\x10software_version\x18\x03 \x01(\t\"2\n\x05\x42\x61tch\x12)\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x19.stackline.v1.SignedBlock\"\xa5\x01\n\x0c\x44\x65viceStatus\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x11\n\tanswering\x18\x02 \x01(\x08\x12\r\n\x05polls\x18\x03 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x04 \x01(\x04\x12\x1c\n\x14\x63onsecutive_failures\x18\x05 \x01(\r\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x1c\n\x14last_success_unix_ms\x18\x07 \x01(\x03\"\xb6\x02\n\x0f\x43ollectorStatus\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x10\n\x08plant_id\x18\x02 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12\x12\n\nchain_head\x18\x04 \x01(\x04\x12\x1c\n\x14\x61\x63knowledged_through\x18\x05 \x01(\x04\x12\x15\n\rbuffer_blocks\x18\x06 \x01(\x04\x12\x14\n\x0c\x62uffer_bytes\x18\x07 \x01(\x04\x12%\n\x1doldest_unacknowledged_unix_ms\x18\x08 \x01(\x03\x12\x18\n\x10unrecorded_ticks\x18\t \x01(\x04\x12+\n\x07\x64\x65vices\x18\n \x03(\x0b\x32\x1a.stackline.v1.DeviceStatus\x12\x18\n\x10software_version\x18\x0b \x01(\t\"\x94\x01\n\rIngestRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.stackline.v1.HelloH\x00\x12$\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x13.stackline.v1.BatchH\x00\x12/\n\x06status\x18\x03 \x01(\x0b\x32\x1d.stackline.v1.CollectorStatusH\x00\x42\x06\n\x04kind\"=\n\tRejection\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"|\n\x03\x41\x63k\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x1f\n\x17stored_through_sequence\x18\x02 \x01(\x04\x12\x11\n\thead_hash\x18\x03 \x01(\x0c\x12+\n\nrejections\x18\x04 \x03(\x0b\x32\x17.stackline.v1.Rejection\"d\n\x0eIngestResponse\x12 \n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x11.stackline.v1.AckH\x00\x12(\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.stackline.v1.RejectionH\x00\x42\x06\n\x04kind*\xd3\x01\n\x07Quality\x12\x17\n\x13QUALITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eQUALITY_NORMAL\x10\x01\x12\x17\n\x13QUALITY_CALIBRATION\x10\x02\x12\x17\n\x13QUALITY_MAINTENANCE\x10\x03\x12\x11\n\rQUALITY_FAULT\x10\x04\x12\x15\n\x11QUALITY_COMM_LOSS\x10\x05\x12\x13\n\x0fQUALITY_STOPPED\x10\x06\x12\x16\n\x12QUALITY_OVER_RANGE\x10\x07\x12\x12\n\x0eQUALITY_MANUAL\x10\x08*\x98\x01\n\x0c\x43ounterEvent\x12\x1d\n\x19\x43OUNTER_EVENT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43OUNTER_EVENT_FIRST\x10\x01\x12\x1b\n\x17\x43OUNTER_EVENT_CONTINUED\x10\x02\x12\x1a\n\x16\x43OUNTER_EVENT_ROLLOVER\x10\x03\x12\x17\n\x13\x43OUNTER_EVENT_RESET\x10\x04*W\n\tBlockKind\x12\x1a\n\x16\x42LOCK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42LOCK_KIND_READINGS\x10\x01\x12\x15\n\x11\x42LOCK_KIND_CONFIG\x10\x02\x32Q\n\x06Ingest\x12G\n\x06Stream\x12\x1b.stackline.v1.IngestRequest\x1a\x1c.stackline.v1.IngestResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"proto/stackline/v1/stackline.proto\x12\x0cstackline.v1\"\xe6\x01\n\x07Reading\x12\x10\n\x08point_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\x01\x12&\n\x07quality\x18\x04 \x01(\x0e\x32\x15.stackline.v1.Quality\x12\x15\n\rraw_registers\x18\x05 \x03(\r\x12\x16\n\tincrement\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x31\n\rcounter_event\x18\x07 \x01(\x0e\x32\x1a.stackline.v1.CounterEvent\x12\x0c\n\x04text\x18\x08 \x01(\tB\x0c\n\n_increment\"\x80\x02\n\x05\x42lock\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x15\n\rprevious_hash\x18\x03 \x01(\x0c\x12\x1c\n\x14window_start_unix_ms\x18\x04 \x01(\x03\x12\x1a\n\x12window_end_unix_ms\x18\x05 \x01(\x03\x12\'\n\x08readings\x18\x06 \x03(\x0b\x32\x15.stackline.v1.Reading\x12\x15\n\rconfig_digest\x18\x07 \x01(\x0c\x12%\n\x04kind\x18\x08 \x01(\x0e\x32\x17.stackline.v1.BlockKind\x12\x17\n\x0f\x63onfig_document\x18\t \x01(\x0c\"A\n\x0bSignedBlock\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"b\n\x05Hello\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x19\n\x11receipt_tree_size\x18\x04 \x01(\x04\"M\n\x05\x42\x61tch\x12)\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x19.stackline.v1.SignedBlock\x12\x19\n\x11receipt_tree_size\x18\x02 \x01(\x04\"\xa5\x01\n\x0c\x44\x65viceStatus\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x11\n\tanswering\x18\x02 \x01(\x08\x12\r\n\x05polls\x18\x03 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x04 \x01(\x04\x12\x1c\n\x14\x63onsecutive_failures\x18\x05 \x01(\r\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x1c\n\x14last_success_unix_ms\x18\x07 \x01(\x03\"\xb6\x02\n\x0f\x43ollectorStatus\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x10\n\x08plant_id\x18\x02 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12\x12\n\nchain_head\x18\x04 \x01(\x04\x12\x1c\n\x14\x61\x63knowledged_through\x18\x05 \x01(\x04\x12\x15\n\rbuffer_blocks\x18\x06 \x01(\x04\x12\x14\n\x0c\x62uffer_bytes\x18\x07 \x01(\x04\x12%\n\x1doldest_unacknowledged_unix_ms\x18\x08 \x01(\x03\x12\x18\n\x10unrecorded_ticks\x18\t \x01(\x04\x12+\n\x07\x64\x65vices\x18\n \x03(\x0b\x32\x1a.stackline.v1.DeviceStatus\x12\x18\n\x10software_version\x18\x0b \x01(\t\"\x94\x01\n\rIngestRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.stackline.v1.HelloH\x00\x12$\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x13.stackline.v1.BatchH\x00\x12/\n\x06status\x18\x03 \x01(\x0b\x32\x1d.stackline.v1.CollectorStatusH\x00\x42\x06\n\x04kind\"=\n\tRejection\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa4\x01\n\x03\x41\x63k\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x1f\n\x17stored_through_sequence\x18\x02 \x01(\x04\x12\x11\n\thead_hash\x18\x03 \x01(\x0c\x12+\n\nrejections\x18\x04 \x03(\x0b\x32\x17.stackline.v1.Rejection\x12&\n\x07receipt\x18\x05 \x01(\x0b\x32\x15.stackline.v1.Receipt\"\x94\x01\n\x07Receipt\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nleaf_index\x18\x03 \x01(\x04\x12\x16\n\x0einclusion_path\x18\x04 \x03(\x0c\x12\x1d\n\x15\x63onsistency_from_size\x18\x05 \x01(\x04\x12\x18\n\x10\x63onsistency_path\x18\x06 \x03(\x0c\"d\n\x0eIngestResponse\x12 \n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x11.stackline.v1.AckH\x00\x12(\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.stackline.v1.RejectionH\x00\x42\x06\n\x04kind\"K\n\x0bVerifierKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x18\n\x10\x65nrolled_unix_ms\x18\x03 \x01(\x03\"t\n\rCollectorInfo\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x10\n\x08plant_id\x18\x02 \x01(\t\x12\x12\n\nchain_head\x18\x03 \x01(\x04\x12\'\n\x04keys\x18\x04 \x03(\x0b\x32\x19.stackline.v1.VerifierKey\"\x17\n\x15ListCollectorsRequest\"I\n\x16ListCollectorsResponse\x12/\n\ncollectors\x18\x01 \x03(\x0b\x32\x1b.stackline.v1.CollectorInfo\"{\n\rBlocksRequest\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x04\x12\x13\n\x0bto_sequence\x18\x03 \x01(\x04\x12\x14\n\x0c\x66rom_unix_ms\x18\x04 \x01(\x03\x12\x12\n\nto_unix_ms\x18\x05 \x01(\x03\"q\n\x0bLoggedBlock\x12(\n\x05\x62lock\x18\x01 \x01(\x0b\x32\x19.stackline.v1.SignedBlock\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x17\n\nleaf_index\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\r\n\x0b_leaf_index\"5\n\x11\x43heckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\r\n\x05\x66resh\x18\x02 \x01(\x08\"^\n\x12\x43heckpointResponse\x12\x0c\n\x04note\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x14\n\x0cverifier_key\x18\x04 \x01(\t\"R\n\x15InclusionProofRequest\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\"O\n\x16InclusionProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\"=\n\x17\x43onsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"*\n\x18\x43onsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"V\n\rReportRequest\x12\x10\n\x08plant_id\x18\x01 \x01(\t\x12\x0f\n\x07unit_id\x18\x02 \x01(\t\x12\x11\n\tfrom_date\x18\x03 \x01(\t\x12\x0f\n\x07to_date\x18\x04 \x01(\t\"%\n\x0eReportResponse\x12\x13\n\x0breport_json\x18\x01 \x01(\x0c\",\n\x12MethodologyRequest\x12\x16\n\x0emethodology_id\x18\x01 \x01(\t\"7\n\x13MethodologyResponse\x12\x10\n\x08\x64ocument\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t*\xd3\x01\n\x07Quality\x12\x17\n\x13QUALITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eQUALITY_NORMAL\x10\x01\x12\x17\n\x13QUALITY_CALIBRATION\x10\x02\x12\x17\n\x13QUALITY_MAINTENANCE\x10\x03\x12\x11\n\rQUALITY_FAULT\x10\x04\x12\x15\n\x11QUALITY_COMM_LOSS\x10\x05\x12\x13\n\x0fQUALITY_STOPPED\x10\x06\x12\x16\n\x12QUALITY_OVER_RANGE\x10\x07\x12\x12\n\x0eQUALITY_MANUAL\x10\x08*\x98\x01\n\x0c\x43ounterEvent\x12\x1d\n\x19\x43OUNTER_EVENT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43OUNTER_EVENT_FIRST\x10\x01\x12\x1b\n\x17\x43OUNTER_EVENT_CONTINUED\x10\x02\x12\x1a\n\x16\x43OUNTER_EVENT_ROLLOVER\x10\x03\x12\x17\n\x13\x43OUNTER_EVENT_RESET\x10\x04*W\n\tBlockKind\x12\x1a\n\x16\x42LOCK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42LOCK_KIND_READINGS\x10\x01\x12\x15\n\x11\x42LOCK_KIND_CONFIG\x10\x02\x32Q\n\x06Ingest\x12G\n\x06Stream\x12\x1b.stackline.v1.IngestRequest\x1a\x1c.stackline.v1.IngestResponse(\x01\x30\x01\x32\xea\x04\n\x08Verifier\x12[\n\x0eListCollectors\x12#.stackline.v1.ListCollectorsRequest\x1a$.stackline.v1.ListCollectorsResponse\x12H\n\x0cStreamBlocks\x12\x1b.stackline.v1.BlocksRequest\x1a\x19.stackline.v1.LoggedBlock0\x01\x12R\n\rGetCheckpoint\x12\x1f.stackline.v1.CheckpointRequest\x1a .stackline.v1.CheckpointResponse\x12^\n\x11GetInclusionProof\x12#.stackline.v1.InclusionProofRequest\x1a$.stackline.v1.InclusionProofResponse\x12\x64\n\x13GetConsistencyProof\x12%.stackline.v1.ConsistencyProofRequest\x1a&.stackline.v1.ConsistencyProofResponse\x12\x46\n\tGetReport\x12\x1b.stackline.v1.ReportRequest\x1a\x1c.stackline.v1.ReportResponse\x12U\n\x0eGetMethodology\x12 .stackline.v1.MethodologyRequest\x1a!.stackline.v1.MethodologyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.stackline.v1.stackline_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUALITY']._serialized_start=1660
-  _globals['_QUALITY']._serialized_end=1871
-  _globals['_COUNTEREVENT']._serialized_start=1874
-  _globals['_COUNTEREVENT']._serialized_end=2026
-  _globals['_BLOCKKIND']._serialized_start=2028
-  _globals['_BLOCKKIND']._serialized_end=2115
+  _globals['_QUALITY']._serialized_start=3094
+  _globals['_QUALITY']._serialized_end=3305
+  _globals['_COUNTEREVENT']._serialized_start=3308
+  _globals['_COUNTEREVENT']._serialized_end=3460
+  _globals['_BLOCKKIND']._serialized_start=3462
+  _globals['_BLOCKKIND']._serialized_end=3549
   _globals['_READING']._serialized_start=53
   _globals['_READING']._serialized_end=283
   _globals['_BLOCK']._serialized_start=286
@@ -44,21 +44,57 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDBLOCK']._serialized_start=544
   _globals['_SIGNEDBLOCK']._serialized_end=609
   _globals['_HELLO']._serialized_start=611
-  _globals['_HELLO']._serialized_end=682
-  _globals['_BATCH']._serialized_start=684
-  _globals['_BATCH']._serialized_end=734
-  _globals['_DEVICESTATUS']._serialized_start=737
-  _globals['_DEVICESTATUS']._serialized_end=902
-  _globals['_COLLECTORSTATUS']._serialized_start=905
-  _globals['_COLLECTORSTATUS']._serialized_end=1215
-  _globals['_INGESTREQUEST']._serialized_start=1218
-  _globals['_INGESTREQUEST']._serialized_end=1366
-  _globals['_REJECTION']._serialized_start=1368
-  _globals['_REJECTION']._serialized_end=1429
-  _globals['_ACK']._serialized_start=1431
-  _globals['_ACK']._serialized_end=1555
-  _globals['_INGESTRESPONSE']._serialized_start=1557
-  _globals['_INGESTRESPONSE']._serialized_end=1657
-  _globals['_INGEST']._serialized_start=2117
-  _globals['_INGEST']._serialized_end=2198
+  _globals['_HELLO']._serialized_end=709
+  _globals['_BATCH']._serialized_start=711
+  _globals['_BATCH']._serialized_end=788
+  _globals['_DEVICESTATUS']._serialized_start=791
+  _globals['_DEVICESTATUS']._serialized_end=956
+  _globals['_COLLECTORSTATUS']._serialized_start=959
+  _globals['_COLLECTORSTATUS']._serialized_end=1269
+  _globals['_INGESTREQUEST']._serialized_start=1272
+  _globals['_INGESTREQUEST']._serialized_end=1420
+  _globals['_REJECTION']._serialized_start=1422
+  _globals['_REJECTION']._serialized_end=1483
+  _globals['_ACK']._serialized_start=1486
+  _globals['_ACK']._serialized_end=1650
+  _globals['_RECEIPT']._serialized_start=1653
+  _globals['_RECEIPT']._serialized_end=1801
+  _globals['_INGESTRESPONSE']._serialized_start=1803
+  _globals['_INGESTRESPONSE']._serialized_end=1903
+  _globals['_VERIFIERKEY']._serialized_start=1905
+  _globals['_VERIFIERKEY']._serialized_end=1980
+  _globals['_COLLECTORINFO']._serialized_start=1982
+  _globals['_COLLECTORINFO']._serialized_end=2098
+  _globals['_LISTCOLLECTORSREQUEST']._serialized_start=2100
+  _globals['_LISTCOLLECTORSREQUEST']._serialized_end=2123
+  _globals['_LISTCOLLECTORSRESPONSE']._serialized_start=2125
+  _globals['_LISTCOLLECTORSRESPONSE']._serialized_end=2198
+  _globals['_BLOCKSREQUEST']._serialized_start=2200
+  _globals['_BLOCKSREQUEST']._serialized_end=2323
+  _globals['_LOGGEDBLOCK']._serialized_start=2325
+  _globals['_LOGGEDBLOCK']._serialized_end=2438
+  _globals['_CHECKPOINTREQUEST']._serialized_start=2440
+  _globals['_CHECKPOINTREQUEST']._serialized_end=2493
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=2495
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=2589
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_start=2591
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_end=2673
+  _globals['_INCLUSIONPROOFRESPONSE']._serialized_start=2675
+  _globals['_INCLUSIONPROOFRESPONSE']._serialized_end=2754
+  _globals['_CONSISTENCYPROOFREQUEST']._serialized_start=2756
+  _globals['_CONSISTENCYPROOFREQUEST']._serialized_end=2817
+  _globals['_CONSISTENCYPROOFRESPONSE']._serialized_start=2819
+  _globals['_CONSISTENCYPROOFRESPONSE']._serialized_end=2861
+  _globals['_REPORTREQUEST']._serialized_start=2863
+  _globals['_REPORTREQUEST']._serialized_end=2949
+  _globals['_REPORTRESPONSE']._serialized_start=2951
+  _globals['_REPORTRESPONSE']._serialized_end=2988
+  _globals['_METHODOLOGYREQUEST']._serialized_start=2990
+  _globals['_METHODOLOGYREQUEST']._serialized_end=3034
+  _globals['_METHODOLOGYRESPONSE']._serialized_start=3036
+  _globals['_METHODOLOGYRESPONSE']._serialized_end=3091
+  _globals['_INGEST']._serialized_start=3551
+  _globals['_INGEST']._serialized_end=3632
+  _globals['_VERIFIER']._serialized_start=3635
+  _globals['_VERIFIER']._serialized_end=4253
 # @@protoc_insertion_point(module_scope)

@@ -264,19 +264,23 @@ class Hello(_message.Message):
     COLLECTOR_ID_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    RECEIPT_TREE_SIZE_FIELD_NUMBER: _builtins.int
     collector_id: _builtins.str
     key_id: _builtins.str
     software_version: _builtins.str
+    receipt_tree_size: _builtins.int
+    """tree size of the newest log checkpoint the collector holds (0: none)"""
     def __init__(
         self,
         *,
         collector_id: _builtins.str = ...,
         key_id: _builtins.str = ...,
         software_version: _builtins.str = ...,
+        receipt_tree_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_id", b"collector_id", "key_id", b"key_id", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_id", b"collector_id", "key_id", b"key_id", "receipt_tree_size", b"receipt_tree_size", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -287,16 +291,20 @@ class Batch(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BLOCKS_FIELD_NUMBER: _builtins.int
+    RECEIPT_TREE_SIZE_FIELD_NUMBER: _builtins.int
+    receipt_tree_size: _builtins.int
+    """as in Hello, so that a receipt can prove the log only grew"""
     @_builtins.property
     def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignedBlock]: ...
     def __init__(
         self,
         *,
         blocks: _abc.Iterable[Global___SignedBlock] | None = ...,
+        receipt_tree_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "receipt_tree_size", b"receipt_tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -471,12 +479,17 @@ class Ack(_message.Message):
     STORED_THROUGH_SEQUENCE_FIELD_NUMBER: _builtins.int
     HEAD_HASH_FIELD_NUMBER: _builtins.int
     REJECTIONS_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
     collector_id: _builtins.str
     stored_through_sequence: _builtins.int
     head_hash: _builtins.bytes
     """hash of the block at stored_through_sequence (empty for 0)"""
     @_builtins.property
     def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rejection]: ...
+    @_builtins.property
+    def receipt(self) -> Global___Receipt:
+        """now and then: proof that the gateway's log holds this plant's data"""
+
     def __init__(
         self,
         *,
@@ -484,14 +497,63 @@ class Ack(_message.Message):
         stored_through_sequence: _builtins.int = ...,
         head_hash: _builtins.bytes = ...,
         rejections: _abc.Iterable[Global___Rejection] | None = ...,
+        receipt: Global___Receipt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_id", b"collector_id", "head_hash", b"head_hash", "rejections", b"rejections", "stored_through_sequence", b"stored_through_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_id", b"collector_id", "head_hash", b"head_hash", "receipt", b"receipt", "rejections", b"rejections", "stored_through_sequence", b"stored_through_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Ack: _TypeAlias = Ack  # noqa: Y015
+
+@_typing.final
+class Receipt(_message.Message):
+    """The gateway's signed word that a collector's block is in its transparency log, and that the log
+    only grew since the checkpoint the collector held before (docs/verifying.md, "Receipts").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    INCLUSION_PATH_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FROM_SIZE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_PATH_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.str
+    """C2SP signed checkpoint note of the gateway's log"""
+    sequence: _builtins.int
+    """the collector's newest block in that checkpoint"""
+    leaf_index: _builtins.int
+    """its leaf index in the log"""
+    consistency_from_size: _builtins.int
+    """the collector's previous checkpoint size (0: none)"""
+    @_builtins.property
+    def inclusion_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 audit path of that leaf to the checkpoint's root"""
+
+    @_builtins.property
+    def consistency_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 consistency proof from that size to this one"""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        leaf_index: _builtins.int = ...,
+        inclusion_path: _abc.Iterable[_builtins.bytes] | None = ...,
+        consistency_from_size: _builtins.int = ...,
+        consistency_path: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "consistency_from_size", b"consistency_from_size", "consistency_path", b"consistency_path", "inclusion_path", b"inclusion_path", "leaf_index", b"leaf_index", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
 
 @_typing.final
 class IngestResponse(_message.Message):
@@ -522,3 +584,404 @@ class IngestResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___IngestResponse: _TypeAlias = IngestResponse  # noqa: Y015
+
+@_typing.final
+class VerifierKey(_message.Message):
+    """--- Verifier service (read-only; bearer token in the `authorization` metadata) ------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ENROLLED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    public_key: _builtins.bytes
+    """raw 32-byte Ed25519 public key"""
+    enrolled_unix_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        enrolled_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolled_unix_ms", b"enrolled_unix_ms", "key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifierKey: _TypeAlias = VerifierKey  # noqa: Y015
+
+@_typing.final
+class CollectorInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTOR_ID_FIELD_NUMBER: _builtins.int
+    PLANT_ID_FIELD_NUMBER: _builtins.int
+    CHAIN_HEAD_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    collector_id: _builtins.str
+    plant_id: _builtins.str
+    """from its newest configuration block ("" before the first)"""
+    chain_head: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___VerifierKey]:
+        """every key enrolled for it, oldest first (its key history)"""
+
+    def __init__(
+        self,
+        *,
+        collector_id: _builtins.str = ...,
+        plant_id: _builtins.str = ...,
+        chain_head: _builtins.int = ...,
+        keys: _abc.Iterable[Global___VerifierKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head", "collector_id", b"collector_id", "keys", b"keys", "plant_id", b"plant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectorInfo: _TypeAlias = CollectorInfo  # noqa: Y015
+
+@_typing.final
+class ListCollectorsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCollectorsRequest: _TypeAlias = ListCollectorsRequest  # noqa: Y015
+
+@_typing.final
+class ListCollectorsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def collectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollectorInfo]: ...
+    def __init__(
+        self,
+        *,
+        collectors: _abc.Iterable[Global___CollectorInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collectors", b"collectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCollectorsResponse: _TypeAlias = ListCollectorsResponse  # noqa: Y015
+
+@_typing.final
+class BlocksRequest(_message.Message):
+    """A sequence range, a time range (window start in [from, to)), or both; 0 leaves an end open."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTOR_ID_FIELD_NUMBER: _builtins.int
+    FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
+    TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FROM_UNIX_MS_FIELD_NUMBER: _builtins.int
+    TO_UNIX_MS_FIELD_NUMBER: _builtins.int
+    collector_id: _builtins.str
+    from_sequence: _builtins.int
+    to_sequence: _builtins.int
+    """inclusive"""
+    from_unix_ms: _builtins.int
+    to_unix_ms: _builtins.int
+    """exclusive"""
+    def __init__(
+        self,
+        *,
+        collector_id: _builtins.str = ...,
+        from_sequence: _builtins.int = ...,
+        to_sequence: _builtins.int = ...,
+        from_unix_ms: _builtins.int = ...,
+        to_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_id", b"collector_id", "from_sequence", b"from_sequence", "from_unix_ms", b"from_unix_ms", "to_sequence", b"to_sequence", "to_unix_ms", b"to_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlocksRequest: _TypeAlias = BlocksRequest  # noqa: Y015
+
+@_typing.final
+class LoggedBlock(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    leaf_index: _builtins.int
+    """absent until the block is integrated into the log"""
+    @_builtins.property
+    def block(self) -> Global___SignedBlock:
+        """as the collector signed it"""
+
+    def __init__(
+        self,
+        *,
+        block: Global___SignedBlock | None = ...,
+        sequence: _builtins.int = ...,
+        leaf_index: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_leaf_index", b"_leaf_index", "block", b"block", "leaf_index", b"leaf_index"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_leaf_index", b"_leaf_index", "block", b"block", "leaf_index", b"leaf_index", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__leaf_index: _TypeAlias = _typing.Literal["leaf_index"]  # noqa: Y015
+    _WhichOneofArgType__leaf_index: _TypeAlias = _typing.Literal["_leaf_index", b"_leaf_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__leaf_index) -> _WhichOneofReturnType__leaf_index | None: ...
+
+Global___LoggedBlock: _TypeAlias = LoggedBlock  # noqa: Y015
+
+@_typing.final
+class CheckpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    FRESH_FIELD_NUMBER: _builtins.int
+    tree_size: _builtins.int
+    """0: the latest"""
+    fresh: _builtins.bool
+    """publish one covering everything stored now, then return it"""
+    def __init__(
+        self,
+        *,
+        tree_size: _builtins.int = ...,
+        fresh: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fresh", b"fresh", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointRequest: _TypeAlias = CheckpointRequest  # noqa: Y015
+
+@_typing.final
+class CheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTE_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    ROOT_HASH_FIELD_NUMBER: _builtins.int
+    VERIFIER_KEY_FIELD_NUMBER: _builtins.int
+    note: _builtins.str
+    """C2SP signed checkpoint note"""
+    tree_size: _builtins.int
+    root_hash: _builtins.bytes
+    verifier_key: _builtins.str
+    """the log's C2SP verifier key"""
+    def __init__(
+        self,
+        *,
+        note: _builtins.str = ...,
+        tree_size: _builtins.int = ...,
+        root_hash: _builtins.bytes = ...,
+        verifier_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "root_hash", b"root_hash", "tree_size", b"tree_size", "verifier_key", b"verifier_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointResponse: _TypeAlias = CheckpointResponse  # noqa: Y015
+
+@_typing.final
+class InclusionProofRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTOR_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    collector_id: _builtins.str
+    sequence: _builtins.int
+    tree_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        collector_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_id", b"collector_id", "sequence", b"sequence", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InclusionProofRequest: _TypeAlias = InclusionProofRequest  # noqa: Y015
+
+@_typing.final
+class InclusionProofResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    HASHES_FIELD_NUMBER: _builtins.int
+    leaf_index: _builtins.int
+    tree_size: _builtins.int
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        leaf_index: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
+        hashes: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes", "leaf_index", b"leaf_index", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InclusionProofResponse: _TypeAlias = InclusionProofResponse  # noqa: Y015
+
+@_typing.final
+class ConsistencyProofRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    NEW_SIZE_FIELD_NUMBER: _builtins.int
+    old_size: _builtins.int
+    new_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        old_size: _builtins.int = ...,
+        new_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_size", b"new_size", "old_size", b"old_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsistencyProofRequest: _TypeAlias = ConsistencyProofRequest  # noqa: Y015
+
+@_typing.final
+class ConsistencyProofResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HASHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        hashes: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsistencyProofResponse: _TypeAlias = ConsistencyProofResponse  # noqa: Y015
+
+@_typing.final
+class ReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLANT_ID_FIELD_NUMBER: _builtins.int
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    plant_id: _builtins.str
+    unit_id: _builtins.str
+    from_date: _builtins.str
+    """YYYY-MM-DD, the plant's local date, inclusive"""
+    to_date: _builtins.str
+    """exclusive"""
+    def __init__(
+        self,
+        *,
+        plant_id: _builtins.str = ...,
+        unit_id: _builtins.str = ...,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "plant_id", b"plant_id", "to_date", b"to_date", "unit_id", b"unit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportRequest: _TypeAlias = ReportRequest  # noqa: Y015
+
+@_typing.final
+class ReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    report_json: _builtins.bytes
+    """the stackline.report/v1 document, canonical JSON"""
+    def __init__(
+        self,
+        *,
+        report_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_json", b"report_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportResponse: _TypeAlias = ReportResponse  # noqa: Y015
+
+@_typing.final
+class MethodologyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHODOLOGY_ID_FIELD_NUMBER: _builtins.int
+    methodology_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        methodology_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["methodology_id", b"methodology_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MethodologyRequest: _TypeAlias = MethodologyRequest  # noqa: Y015
+
+@_typing.final
+class MethodologyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    document: _builtins.bytes
+    """the methodology file as published"""
+    digest: _builtins.str
+    """its SHA-256, hex, as reports cite it"""
+    def __init__(
+        self,
+        *,
+        document: _builtins.bytes = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "document", b"document"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MethodologyResponse: _TypeAlias = MethodologyResponse  # noqa: Y015

@@ -95,3 +95,333 @@ class Ingest:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class VerifierStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListCollectors = channel.unary_unary(
+                '/stackline.v1.Verifier/ListCollectors',
+                request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ListCollectorsRequest.SerializeToString,
+                response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ListCollectorsResponse.FromString,
+                _registered_method=True)
+        self.StreamBlocks = channel.unary_stream(
+                '/stackline.v1.Verifier/StreamBlocks',
+                request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.BlocksRequest.SerializeToString,
+                response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.LoggedBlock.FromString,
+                _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/stackline.v1.Verifier/GetCheckpoint',
+                request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.CheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/stackline.v1.Verifier/GetInclusionProof',
+                request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofRequest.SerializeToString,
+                response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofResponse.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/stackline.v1.Verifier/GetConsistencyProof',
+                request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ConsistencyProofRequest.SerializeToString,
+                response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ConsistencyProofResponse.FromString,
+                _registered_method=True)
+        self.GetReport = channel.unary_unary(
+                '/stackline.v1.Verifier/GetReport',
+                request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ReportRequest.SerializeToString,
+                response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ReportResponse.FromString,
+                _registered_method=True)
+        self.GetMethodology = channel.unary_unary(
+                '/stackline.v1.Verifier/GetMethodology',
+                request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyRequest.SerializeToString,
+                response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyResponse.FromString,
+                _registered_method=True)
+
+
+class VerifierServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def ListCollectors(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamBlocks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProof(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMethodology(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_VerifierServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListCollectors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollectors,
+                    request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ListCollectorsRequest.FromString,
+                    response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ListCollectorsResponse.SerializeToString,
+            ),
+            'StreamBlocks': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamBlocks,
+                    request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.BlocksRequest.FromString,
+                    response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.LoggedBlock.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.CheckpointRequest.FromString,
+                    response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.CheckpointResponse.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofRequest.FromString,
+                    response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofResponse.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ConsistencyProofRequest.FromString,
+                    response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ConsistencyProofResponse.SerializeToString,
+            ),
+            'GetReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReport,
+                    request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ReportRequest.FromString,
+                    response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.ReportResponse.SerializeToString,
+            ),
+            'GetMethodology': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMethodology,
+                    request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyRequest.FromString,
+                    response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'stackline.v1.Verifier', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('stackline.v1.Verifier', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Verifier:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ListCollectors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackline.v1.Verifier/ListCollectors',
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.ListCollectorsRequest.SerializeToString,
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.ListCollectorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stackline.v1.Verifier/StreamBlocks',
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.BlocksRequest.SerializeToString,
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.LoggedBlock.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackline.v1.Verifier/GetCheckpoint',
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.CheckpointRequest.SerializeToString,
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.CheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackline.v1.Verifier/GetInclusionProof',
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofRequest.SerializeToString,
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackline.v1.Verifier/GetConsistencyProof',
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.ConsistencyProofRequest.SerializeToString,
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.ConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackline.v1.Verifier/GetReport',
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.ReportRequest.SerializeToString,
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.ReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMethodology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackline.v1.Verifier/GetMethodology',
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyRequest.SerializeToString,
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -55,3 +55,79 @@ class IngestServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_stackline_pb2.IngestResponse], _abc.AsyncIterator[_stackline_pb2.IngestResponse]]: ...
 
 def add_IngestServicer_to_server(servicer: IngestServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class VerifierStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> VerifierAsyncStub: ...
+    ListCollectors: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.ListCollectorsRequest, _stackline_pb2.ListCollectorsResponse]
+    StreamBlocks: _grpc.UnaryStreamMultiCallable[_stackline_pb2.BlocksRequest, _stackline_pb2.LoggedBlock]
+    GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.CheckpointRequest, _stackline_pb2.CheckpointResponse]
+    GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.InclusionProofRequest, _stackline_pb2.InclusionProofResponse]
+    GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.ConsistencyProofRequest, _stackline_pb2.ConsistencyProofResponse]
+    GetReport: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.ReportRequest, _stackline_pb2.ReportResponse]
+    GetMethodology: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.MethodologyRequest, _stackline_pb2.MethodologyResponse]
+
+@_typing.type_check_only
+class VerifierAsyncStub(VerifierStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListCollectors: _aio.UnaryUnaryMultiCallable[_stackline_pb2.ListCollectorsRequest, _stackline_pb2.ListCollectorsResponse]  # type: ignore[assignment]
+    StreamBlocks: _aio.UnaryStreamMultiCallable[_stackline_pb2.BlocksRequest, _stackline_pb2.LoggedBlock]  # type: ignore[assignment]
+    GetCheckpoint: _aio.UnaryUnaryMultiCallable[_stackline_pb2.CheckpointRequest, _stackline_pb2.CheckpointResponse]  # type: ignore[assignment]
+    GetInclusionProof: _aio.UnaryUnaryMultiCallable[_stackline_pb2.InclusionProofRequest, _stackline_pb2.InclusionProofResponse]  # type: ignore[assignment]
+    GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_stackline_pb2.ConsistencyProofRequest, _stackline_pb2.ConsistencyProofResponse]  # type: ignore[assignment]
+    GetReport: _aio.UnaryUnaryMultiCallable[_stackline_pb2.ReportRequest, _stackline_pb2.ReportResponse]  # type: ignore[assignment]
+    GetMethodology: _aio.UnaryUnaryMultiCallable[_stackline_pb2.MethodologyRequest, _stackline_pb2.MethodologyResponse]  # type: ignore[assignment]
+
+class VerifierServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def ListCollectors(
+        self,
+        request: _stackline_pb2.ListCollectorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackline_pb2.ListCollectorsResponse, _abc.Awaitable[_stackline_pb2.ListCollectorsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StreamBlocks(
+        self,
+        request: _stackline_pb2.BlocksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_stackline_pb2.LoggedBlock], _abc.AsyncIterator[_stackline_pb2.LoggedBlock]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCheckpoint(
+        self,
+        request: _stackline_pb2.CheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackline_pb2.CheckpointResponse, _abc.Awaitable[_stackline_pb2.CheckpointResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetInclusionProof(
+        self,
+        request: _stackline_pb2.InclusionProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackline_pb2.InclusionProofResponse, _abc.Awaitable[_stackline_pb2.InclusionProofResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetConsistencyProof(
+        self,
+        request: _stackline_pb2.ConsistencyProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackline_pb2.ConsistencyProofResponse, _abc.Awaitable[_stackline_pb2.ConsistencyProofResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetReport(
+        self,
+        request: _stackline_pb2.ReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackline_pb2.ReportResponse, _abc.Awaitable[_stackline_pb2.ReportResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetMethodology(
+        self,
+        request: _stackline_pb2.MethodologyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackline_pb2.MethodologyResponse, _abc.Awaitable[_stackline_pb2.MethodologyResponse]]: ...
+
+def add_VerifierServicer_to_server(servicer: VerifierServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,194 @@
+"""The transparency log kept in the ledger (SQLite and PostgreSQL): leaves in acceptance order,
+roots equal to RFC 9162's MTH over the stored payloads, proofs that verify, checkpoints that
+are signed and kept once per size, and the log key a ledger is bound to."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from gateway.errors import LedgerError
+from gateway.ledger import Ledger, PostgresLedger, SqliteLedger
+from gateway.translog.checkpoint import parse_checkpoint
+from gateway.translog.log import LogKeyMismatch, TransparencyLog
+from gateway.translog.merkle import (
+    ProofError,
+    ProofFailure,
+    ProofRequestError,
+    leaf_hash,
+    root_from_leaves,
+    verify_consistency,
+    verify_inclusion,
+)
+from tests.demo_blocks import DemoCollector
+
+ORIGIN = "stackline.test/log"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
+    opened: SqliteLedger | PostgresLedger
+    if request.param == "sqlite":
+        opened = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    else:
+        opened = PostgresLedger(url=request.getfixturevalue("postgres_url"))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def _store(ledger: Ledger, plant: DemoCollector, blocks: int) -> list[bytes]:
+    chain = plant.chain(blocks)
+    await ledger.append(plant.collector_id, chain, transport="test", peer="test",
+                        received_unix_ms=0)
+    return [b.payload for b in chain]
+
+
+async def test_leaves_follow_acceptance_order_and_the_root_is_rfc_9162s(ledger: Ledger) -> None:
+    a, b = DemoCollector("plant-a-c1"), DemoCollector("plant-b-c1")
+    accepted = await _store(ledger, a, 3)          # a#1..4
+    accepted += await _store(ledger, b, 2)         # b#1..3
+    accepted += await _store(ledger, a, 2)         # a#5..6
+    assert await ledger.log_integrate(max_leaves=4) == (4, 4)   # in batches, in order
+    assert await ledger.log_integrate(max_leaves=100) == (9, 5)
+    assert await ledger.log_integrate(max_leaves=100) == (9, 0)
+    tree = ledger.log_tree()
+    leaves = [leaf_hash(p) for p in accepted]
+    for size in range(len(leaves) + 1):
+        assert await tree.root(size) == root_from_leaves(leaves[:size])
+    assert await ledger.log_leaf(4) == ("plant-b-c1", 1)
+    assert await ledger.log_leaf(9) is None
+    assert await ledger.log_leaf_indexes("plant-a-c1", 4, 6) == {4: 3, 5: 7, 6: 8}
+    assert await ledger.log_latest_leaf("plant-a-c1", below_size=7) == (4, 3)
+    assert await ledger.log_latest_leaf("plant-b-c1", below_size=4) is None
+    root = await tree.root(9)
+    for index, leaf in enumerate(leaves):
+        verify_inclusion(leaf_hash=leaf, index=index, size=9,
+                         proof=await tree.inclusion_proof(index, 9), root=root)
+    for old in range(1, 9):
+        verify_consistency(old_size=old, new_size=9, old_root=await tree.root(old), new_root=root,
+                           proof=await tree.consistency_proof(old, 9))
+    with pytest.raises(ProofRequestError):
+        await tree.inclusion_proof(9, 9)
+
+
+async def test_checkpoints_are_signed_kept_once_per_size_and_bind_the_ledger_to_one_key(
+        ledger: Ledger) -> None:
+    plant = DemoCollector()
+    key = nacl.signing.SigningKey.generate()
+    log = TransparencyLog(ledger=ledger, origin=ORIGIN, signing_key=key)
+    await log.start()
+    await _store(ledger, plant, 4)
+    first = await log.publish()
+    assert first.tree_size == 5
+    parsed = parse_checkpoint(first.note, name=ORIGIN, public_key=bytes(key.verify_key))
+    assert (parsed.origin, parsed.size, parsed.root_hash) == (ORIGIN, 5, first.root_hash)
+    assert await log.publish() == first            # nothing new: the same checkpoint
+    await _store(ledger, plant, 3)
+    second = await log.publish()
+    assert second.tree_size == 8
+    assert await ledger.checkpoint() == second
+    assert await ledger.checkpoint(5) == first
+    assert await ledger.checkpoints(before_size=8) == [first]
+    proof = await log.consistency(5, 8)
+    verify_consistency(old_size=5, new_size=8, old_root=first.root_hash,
+                       new_root=second.root_hash, proof=proof)
+    # another gateway of this ledger with another key must not sign its checkpoints
+    other = TransparencyLog(ledger=ledger, origin=ORIGIN,
+                            signing_key=nacl.signing.SigningKey.generate())
+    with pytest.raises(LogKeyMismatch, match=r"same log\.key_file"):
+        await other.start()
+
+
+async def test_a_receipt_proves_the_newest_block_and_that_the_log_only_grew(ledger: Ledger) -> None:
+    plant = DemoCollector()
+    key = nacl.signing.SigningKey.generate()
+    log = TransparencyLog(ledger=ledger, origin=ORIGIN, signing_key=key)
+    await log.start()
+    assert await log.receipt(plant.collector_id, 0) is None  # nothing published yet
+    payloads = await _store(ledger, plant, 2)
+    first = await log.publish()
+    receipt = await log.receipt(plant.collector_id, 0)
+    assert receipt is not None
+    assert (receipt.sequence, receipt.leaf_index, receipt.checkpoint) == (3, 2, first.note)
+    verify_inclusion(leaf_hash=leaf_hash(payloads[2]), index=2, size=3,
+                     proof=list(receipt.inclusion_path), root=first.root_hash)
+    assert await log.receipt(plant.collector_id, 3) is None  # it holds this one already
+    await _store(ledger, plant, 2)
+    second = await log.publish()
+    grown = await log.receipt(plant.collector_id, 3)
+    assert grown is not None and grown.consistency_from_size == 3
+    verify_consistency(old_size=3, new_size=5, old_root=first.root_hash,
+                       new_root=second.root_hash, proof=list(grown.consistency_path))
+
+
+async def test_a_node_written_twice_is_refused_rather_than_forking_the_log(tmp_path: Path) -> None:
+    ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    try:
+        plant = DemoCollector()
+        await _store(ledger, plant, 2)
+        await ledger.log_integrate(max_leaves=10)
+
+        def rewind(db: sqlite3.Connection) -> None:  # a second writer that believes the log is empty
+            db.execute("UPDATE log_state SET size = 0, entry_watermark = 0")
+        await ledger._run(rewind)
+        with pytest.raises(LedgerError):
+            await ledger.log_integrate(max_leaves=10)
+    finally:
+        await ledger.close()
+
+
+async def test_two_integrators_on_one_postgresql_ledger_build_one_tree(postgres_url: str) -> None:
+    writers = [PostgresLedger(url=postgres_url) for _ in range(2)]
+    try:
+        plant = DemoCollector()
+        payloads = await _store(writers[0], plant, 40)
+        results = await asyncio.gather(*(w.log_integrate(max_leaves=7) for w in writers * 4))
+        assert sum(added for _, added in results) <= len(payloads)
+        while (await writers[1].log_integrate(max_leaves=100))[1]:
+            pass
+        tree = writers[1].log_tree()
+        assert await tree.size() == len(payloads)
+        assert await tree.root(len(payloads)) == root_from_leaves([leaf_hash(p) for p in payloads])
+    finally:
+        for writer in writers:
+            await writer.close()
+
+
+async def test_a_rewritten_history_fails_the_consistency_proof_from_an_earlier_checkpoint(
+        tmp_path: Path) -> None:
+    """Checkpoint c1 of the honest log; then a log whose first blocks came in another order (the
+    same data, accepted differently: history rewritten) grows past it. Its consistency proof from
+    c1's size to its own checkpoint does not reproduce c1's root."""
+    key = nacl.signing.SigningKey(b"\x05" * 32)
+    a, b = DemoCollector("plant-a-c1"), DemoCollector("plant-b-c1")
+    chain_a, chain_b = a.chain(3), b.chain(3)
+    honest = SqliteLedger(path=tmp_path / "honest.sqlite")
+    rewritten = SqliteLedger(path=tmp_path / "rewritten.sqlite")
+    try:
+        for ledger, order in ((honest, (a, b)), (rewritten, (b, a))):
+            for plant in order:
+                await ledger.append(plant.collector_id, chain_a if plant is a else chain_b,
+                                    transport="test", peer="test", received_unix_ms=0)
+        c1 = await TransparencyLog(ledger=honest, origin=ORIGIN, signing_key=key).publish()
+        await rewritten.append(a.collector_id, a.chain(2), transport="test", peer="test",
+                               received_unix_ms=0)
+        forked = TransparencyLog(ledger=rewritten, origin=ORIGIN, signing_key=key)
+        c2 = await forked.publish()
+        assert c2.tree_size > c1.tree_size
+        parse_checkpoint(c2.note, name=ORIGIN, public_key=bytes(key.verify_key))  # signed alike
+        with pytest.raises(ProofError) as caught:
+            verify_consistency(old_size=c1.tree_size, new_size=c2.tree_size, old_root=c1.root_hash,
+                               new_root=c2.root_hash,
+                               proof=await forked.consistency(c1.tree_size, c2.tree_size))
+        # the proof cannot lead to both roots: which one it misses depends on the sizes
+        assert caught.value.reason in (ProofFailure.OLD_ROOT_MISMATCH, ProofFailure.ROOT_MISMATCH)
+    finally:
+        await honest.close()
+        await rewritten.close()
