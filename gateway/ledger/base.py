@@ -254,6 +254,18 @@ class Ledger(Protocol):
         """(collector id, sequence) of a leaf, or None past the end."""
         ...
 
+    def iter_log_leaves(self) -> AsyncIterator[tuple[int, str, int, bytes]]:
+        """Every leaf in log order: (leaf index, collector id, sequence, the block's payload)."""
+        ...
+
+    def iter_log_nodes(self, level: int) -> AsyncIterator[tuple[int, bytes]]:
+        """The stored nodes of one level in index order: (index, hash)."""
+        ...
+
+    async def log_recorded_key(self) -> str | None:
+        """The log's recorded verifier key (None before a gateway recorded one)."""
+        ...
+
     async def log_verifier_key(self, verifier_key: str) -> str:
         """Record the log's verifier key if none is recorded; return the recorded one (a gateway
         whose key differs must not sign this log's checkpoints)."""

@@ -747,6 +747,48 @@ class PostgresLedger:
             return None if row is None else (str(row[0]), int(row[1]))
         return await self._run(work)
 
+    async def iter_log_leaves(self) -> AsyncIterator[tuple[int, str, int, bytes]]:
+        """Every leaf in log order with its block's payload, a page at a time."""
+        after = -1
+        while True:
+            async def page(conn: Any, after: int = after) -> list[tuple[int, str, int, bytes]]:
+                rows = await conn.fetch(
+                    "SELECT l.leaf_index, l.collector_id, l.sequence, b.payload FROM log_leaves l "
+                    "LEFT JOIN blocks b ON b.collector_id = l.collector_id AND b.sequence = "
+                    "l.sequence WHERE l.leaf_index > $1 ORDER BY l.leaf_index LIMIT $2",
+                    after, PAGE_ROWS)
+                return [(int(r[0]), str(r[1]), int(r[2]), b"" if r[3] is None else bytes(r[3]))
+                        for r in rows]
+            rows = await self._run(page)
+            for row in rows:
+                yield row
+            if len(rows) < PAGE_ROWS:
+                return
+            after = rows[-1][0]
+
+    async def iter_log_nodes(self, level: int) -> AsyncIterator[tuple[int, bytes]]:
+        """One level's stored nodes in index order."""
+        after = -1
+        while True:
+            async def page(conn: Any, after: int = after) -> list[tuple[int, bytes]]:
+                rows = await conn.fetch("SELECT idx, hash FROM log_nodes WHERE level = $1 AND "
+                                        "idx > $2 ORDER BY idx LIMIT $3", level, after,
+                                        PAGE_ROWS * 10)
+                return [(int(r[0]), bytes(r[1])) for r in rows]
+            rows = await self._run(page)
+            for row in rows:
+                yield row
+            if len(rows) < PAGE_ROWS * 10:
+                return
+            after = rows[-1][0]
+
+    async def log_recorded_key(self) -> str | None:
+        """The recorded verifier key, if any."""
+        async def work(conn: Any) -> str | None:
+            value = await conn.fetchval("SELECT verifier_key FROM log_state WHERE id = 1")
+            return None if value is None else str(value)
+        return await self._run(work)
+
     async def log_verifier_key(self, verifier_key: str) -> str:
         """Record the log's verifier key once; return the recorded one."""
         async def work(conn: Any) -> str:

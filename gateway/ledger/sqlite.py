@@ -566,6 +566,50 @@ class SqliteLedger:
             return None if row is None else (str(row[0]), int(row[1]))
         return await self._run(work)
 
+    async def iter_log_leaves(self) -> AsyncIterator[tuple[int, str, int, bytes]]:
+        """Every leaf in log order with its block's payload, a page at a time."""
+        after = -1
+        while True:
+            def page(db: sqlite3.Connection, after: int = after) -> list[tuple[int, str, int, bytes]]:
+                rows = db.execute(
+                    "SELECT l.leaf_index, l.collector_id, l.sequence, b.payload FROM log_leaves l "
+                    "LEFT JOIN blocks b ON b.collector_id = l.collector_id AND b.sequence = "
+                    "l.sequence WHERE l.leaf_index > ? ORDER BY l.leaf_index LIMIT ?",
+                    (after, PAGE_ROWS)).fetchall()
+                return [(int(r[0]), str(r[1]), int(r[2]), b"" if r[3] is None else bytes(r[3]))
+                        for r in rows]
+            rows = await self._run(page)
+            for row in rows:
+                yield row
+            if len(rows) < PAGE_ROWS:
+                return
+            after = rows[-1][0]
+
+    async def iter_log_nodes(self, level: int) -> AsyncIterator[tuple[int, bytes]]:
+        """One level's stored nodes in index order."""
+        after = -1
+        while True:
+            def page(db: sqlite3.Connection, after: int = after) -> list[tuple[int, bytes]]:
+                rows = db.execute("SELECT idx, hash FROM log_nodes WHERE level = ? AND idx > ? "
+                                  "ORDER BY idx LIMIT ?", (level, after, PAGE_ROWS * 10)).fetchall()
+                return [(int(r[0]), bytes(r[1])) for r in rows]
+            rows = await self._run(page)
+            for row in rows:
+                yield row
+            if len(rows) < PAGE_ROWS * 10:
+                return
+            after = rows[-1][0]
+
+    async def log_recorded_key(self) -> str | None:
+        """The recorded verifier key, if any."""
+        def work(db: sqlite3.Connection) -> str | None:
+            try:
+                row = db.execute("SELECT verifier_key FROM log_state WHERE id = 1").fetchone()
+            except sqlite3.OperationalError:  # a ledger opened read-only from before the log
+                return None
+            return None if row is None or row[0] is None else str(row[0])
+        return await self._run(work)
+
     async def log_verifier_key(self, verifier_key: str) -> str:
         """Record the log's verifier key once; return the recorded one."""
         def work(db: sqlite3.Connection) -> str:
