@@ -105,3 +105,16 @@ def test_bad_verifier_keys_and_names_are_refused() -> None:
         parse_verifier_key(GO_VERIFIER_KEY.replace("c74f20a3", "c74f20a4"))
     with pytest.raises(CheckpointError, match="name"):
         key_id("two words", bytes(32))
+
+
+def test_a_verifier_key_whose_base64_holds_a_plus_sign_round_trips() -> None:
+    """Standard base64 may contain '+', the separator of a verifier key's parts: only the first
+    two '+' separate (name and key id never hold one)."""
+    for seed in range(256):
+        key = nacl.signing.SigningKey(bytes([seed]) * 32)
+        text = verifier_key(ORIGIN, bytes(key.verify_key))
+        if text.count("+") > 2:
+            break
+    else:
+        pytest.fail("no key with a '+' in its base64 among 256 seeds")
+    assert parse_verifier_key(text) == (ORIGIN, bytes(key.verify_key))

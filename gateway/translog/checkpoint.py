@@ -62,7 +62,7 @@ def verifier_key(name: str, public_key: bytes) -> str:
 
 def parse_verifier_key(text: str) -> tuple[str, bytes]:
     """(name, public key) from a verifier key; CheckpointError when it is not one."""
-    parts = text.strip().split("+")
+    parts = text.strip().split("+", 2)  # the base64 key may itself hold '+'
     if len(parts) != 3:
         raise CheckpointError(f"a verifier key is name+keyid+key, not {text!r}")
     name, hex_id, encoded = parts
