@@ -4,6 +4,14 @@ A block and the new chain head are written in one transaction, so a power cut le
 or neither. Blocks leave only through `acknowledge`, called with the gateway's end-to-end ack.
 When the buffer reaches its size limit, `append` raises BufferFullError: the caller records the
 missed ticks and alarms; nothing already buffered is ever dropped to make room.
+
+Each block's leaf hash in the gateway's transparency log (SHA-256(0x00 || payload)) is written
+with it and outlives its payload, so that a receipt for the block can be checked after the block
+has left (collector/receipts.py). Leaf hashes go when a verified receipt (without a configured
+log key: any receipt whose inclusion proof holds) covers a later block (`forget_leaf_hashes`), and
+in any case once LEAF_HASH_WINDOW later blocks are acknowledged.
+They are not counted in the size limit: 32 bytes a block, at most LEAF_HASH_WINDOW of them past
+the acknowledged sequence.
 """
 
 from __future__ import annotations
@@ -13,10 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from google.protobuf.message import DecodeError
+
 from collector.errors import BufferFullError, BufferUnavailable, CollectorError
+from collector.tlog import leaf_hash
+from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import GENESIS_HASH
 
-__all__ = ["Buffer", "BufferDepth", "ChainState", "MemoryBuffer", "SealedBlock", "SqliteBuffer"]
+__all__ = [
+    "LEAF_HASH_WINDOW", "Buffer", "BufferDepth", "ChainState", "MemoryBuffer", "SealedBlock",
+    "SqliteBuffer",
+]
+
+LEAF_HASH_WINDOW = 1_000_000
+"""Leaf hashes kept at most this many sequences behind the acknowledged one (11 days of one-second
+ticks, ~40 MB), for when no verified receipt ever comes to prune them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +54,15 @@ class ChainState:
 
 @dataclass(frozen=True, slots=True)
 class SealedBlock:
-    """A signed block ready to store: its envelope bytes and the chain head after it."""
+    """A signed block ready to store: its envelope bytes, the chain head after it, and its leaf
+    hash in the gateway's transparency log."""
 
     sequence: int
     envelope: bytes
     hash: bytes
     config_digest: bytes
     created_unix_ms: int
+    leaf_hash: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +102,15 @@ class Buffer(Protocol):
         """The highest sequence the gateway has acknowledged (cheap: no scan)."""
         ...
 
+    def leaf_hash(self, sequence: int) -> bytes | None:
+        """The block's leaf hash in the gateway's log, kept after the block left; None when it
+        is not kept (pruned, or no such block)."""
+        ...
+
+    def forget_leaf_hashes(self, below_sequence: int) -> int:
+        """Drop the leaf hashes of blocks before `below_sequence`; return how many went."""
+        ...
+
     def close(self) -> None:
         """Release the store."""
         ...
@@ -95,6 +125,8 @@ class MemoryBuffer:
         self._state = ChainState.empty()
         self._bytes = 0
         self._acked = 0
+        self._leaves: dict[int, bytes] = {}
+        self._leaf_floor = 1  # no leaf hash below this sequence is kept
 
     def __repr__(self) -> str:
         return f"MemoryBuffer(blocks={len(self._blocks)}, head={self._state.sequence})"
@@ -110,6 +142,7 @@ class MemoryBuffer:
             raise BufferFullError(f"buffer holds {self._bytes} bytes, limit {self.max_bytes}")
         self._blocks[block.sequence] = block
         self._bytes += len(block.envelope)
+        self._leaves[block.sequence] = block.leaf_hash
         self._state = ChainState(block.sequence, block.hash, block.config_digest)
 
     def read_from(self, sequence: int, limit: int) -> list[tuple[int, bytes]]:
@@ -128,11 +161,24 @@ class MemoryBuffer:
         for seq in gone:
             self._bytes -= len(self._blocks.pop(seq).envelope)
         self._acked = max(self._acked, min(through_sequence, self._state.sequence))
+        self.forget_leaf_hashes(self._acked - LEAF_HASH_WINDOW + 1)
         return len(gone)
 
     def acknowledged_through(self) -> int:
         """The highest acknowledged sequence."""
         return self._acked
+
+    def leaf_hash(self, sequence: int) -> bytes | None:
+        """The block's leaf hash, if kept."""
+        return self._leaves.get(sequence)
+
+    def forget_leaf_hashes(self, below_sequence: int) -> int:
+        """Drop leaf hashes before `below_sequence`."""
+        gone = 0
+        for sequence in range(self._leaf_floor, below_sequence):
+            gone += self._leaves.pop(sequence, None) is not None
+        self._leaf_floor = max(self._leaf_floor, below_sequence)
+        return gone
 
     def depth(self) -> BufferDepth:
         """What waits."""
@@ -155,6 +201,10 @@ CREATE TABLE IF NOT EXISTS blocks (
     sequence INTEGER PRIMARY KEY,
     envelope BLOB NOT NULL,
     created_unix_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leaf_hashes (
+    sequence INTEGER PRIMARY KEY,
+    leaf_hash BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS chain (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -215,6 +265,8 @@ class SqliteBuffer:
                     "INSERT INTO blocks VALUES (?, ?, ?)",
                     (block.sequence, block.envelope, block.created_unix_ms),
                 )
+                self._db.execute("INSERT OR REPLACE INTO leaf_hashes VALUES (?, ?)",
+                                 (block.sequence, block.leaf_hash))
                 self._db.execute(
                     "UPDATE chain SET sequence = ?, hash = ?, config_digest = ?, "
                     "stored_bytes = stored_bytes + ?",
@@ -247,6 +299,8 @@ class SqliteBuffer:
                     "WHERE sequence <= ?", (through,),
                 ).fetchone()
                 self._db.execute("DELETE FROM blocks WHERE sequence <= ?", (through,))
+                self._db.execute("DELETE FROM leaf_hashes WHERE sequence <= ?",
+                                 (through - LEAF_HASH_WINDOW,))
                 self._db.execute(
                     "UPDATE chain SET acknowledged_through = ?, stored_bytes = stored_bytes - ?",
                     (through, int(freed[1])),
@@ -261,6 +315,34 @@ class SqliteBuffer:
     def acknowledged_through(self) -> int:
         """The highest acknowledged sequence, as committed."""
         return self._acked
+
+    def leaf_hash(self, sequence: int) -> bytes | None:
+        """The block's leaf hash as written with it; for a block buffered before leaf hashes
+        were kept, computed from its envelope while it is still buffered."""
+        try:
+            row = self._db.execute("SELECT leaf_hash FROM leaf_hashes WHERE sequence = ?",
+                                   (sequence,)).fetchone()
+            if row is not None:
+                return bytes(row[0])
+            row = self._db.execute("SELECT envelope FROM blocks WHERE sequence = ?",
+                                   (sequence,)).fetchone()
+        except sqlite3.Error as exc:
+            raise BufferUnavailable(f"cannot read leaf hash {sequence} from {self.path}: {exc}") from exc
+        if row is None:
+            return None
+        try:
+            return leaf_hash(pb.SignedBlock.FromString(bytes(row[0])).payload)
+        except DecodeError:
+            return None
+
+    def forget_leaf_hashes(self, below_sequence: int) -> int:
+        """Drop the leaf hashes of blocks before `below_sequence`."""
+        try:
+            with self._db:
+                return self._db.execute("DELETE FROM leaf_hashes WHERE sequence < ?",
+                                        (below_sequence,)).rowcount
+        except sqlite3.Error as exc:
+            raise BufferUnavailable(f"cannot prune leaf hashes in {self.path}: {exc}") from exc
 
     def depth(self) -> BufferDepth:
         """Blocks and bytes waiting, and when the oldest was made (no table scan)."""

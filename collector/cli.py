@@ -1,5 +1,5 @@
-"""The collector's subcommands: `stackline collector run`, `stackline collector check` and
-`stackline simulate`."""
+"""The collector's subcommands: `stackline collector run`, `stackline collector check`,
+`stackline collector receipts` and `stackline simulate`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ def add_commands(commands: Any) -> None:
     check.add_argument("--config", required=True, type=Path, help="plant configuration (YAML)")
     check.add_argument("--format", choices=("table", "json"), default="table")
     check.set_defaults(handler=_check)
+    receipts = actions.add_parser(
+        "receipts", help="the gateway's receipts kept at the plant, and any fork of its log "
+                         "(exit 1 when a fork was detected)")
+    receipts.add_argument("--config", required=True, type=Path, help="plant configuration (YAML)")
+    receipts.add_argument("--json", action="store_true", help="everything kept, notes and proofs "
+                          "included, as JSON")
+    receipts.add_argument("--limit", type=int, default=50, metavar="N",
+                          help="show the newest N receipts (default 50; 0 for all)")
+    receipts.set_defaults(handler=_receipts)
     simulate = commands.add_parser("simulate", help="serve a plant's devices from a Modbus simulator")
     simulate.add_argument("--config", required=True, type=Path, help="plant configuration (YAML)")
     simulate.add_argument("--serial", action="append", default=[], metavar="LINE=PATH",
@@ -119,6 +128,22 @@ def _check(args: argparse.Namespace) -> int:
     checks = asyncio.run(main())
     print(render_json(checks) if args.format == "json" else render_table(checks))
     return 1 if any(check.failed for check in checks) else 0
+
+
+def _receipts(args: argparse.Namespace) -> int:
+    from collector.config import load_plant  # noqa: PLC0415 - keep `stackline --help` fast
+    from collector.receipts import read_receipts, render_json, render_table  # noqa: PLC0415
+
+    try:
+        plant = load_plant(args.config)
+        section = plant.config.collector
+        report = read_receipts(plant.resolve(section.buffer.path), limit=max(0, args.limit))
+    except CollectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    render = render_json if args.json else render_table
+    print(render(report, log_key=section.log_key()))
+    return 1 if report.forks else 0
 
 
 def _serial_ports(values: list[str], plant: Any) -> dict[str, str]:

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from collector.errors import ConfigError
+from collector.errors import ConfigError, ReceiptError
+from collector.tlog import LogKey, parse_log_key
 
 __all__ = [
     "MAX_BITS_PER_REQUEST",
@@ -421,6 +422,25 @@ class CollectorSection(_Strict):
     status_interval_s: float = Field(default=5.0, ge=0.5, le=3600,
                                      description="how often the uplinks report health")
     http: HttpConfig | None = None
+    gateway_log_key: str | None = Field(
+        default=None,
+        description="the gateway's transparency log key, <name>+<hex key id>+<base64 key>, as "
+                    "the gateway logs it at start ('checkpoints verify with ...'): the receipts "
+                    "in its acks are checked with it. Without it they are kept unverified")
+
+    @field_validator("gateway_log_key")
+    @classmethod
+    def _log_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_log_key(value)
+            except ReceiptError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+    def log_key(self) -> LogKey | None:
+        """The gateway log's key, parsed (it was checked at load)."""
+        return None if self.gateway_log_key is None else parse_log_key(self.gateway_log_key)
 
 
 class PlantSection(_Strict):

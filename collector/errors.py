@@ -6,12 +6,16 @@ __all__ = [
     "MODBUS_EXCEPTIONS",
     "BufferFullError",
     "BufferUnavailable",
+    "CheckpointInvalid",
     "CollectorError",
     "ConfigError",
     "DeviceConnectionLost",
     "DeviceError",
     "DeviceException",
     "DeviceTimeout",
+    "ProofInvalid",
+    "ReceiptError",
+    "ReceiptStoreUnavailable",
     "UplinkError",
 ]
 
@@ -93,3 +97,21 @@ class BufferUnavailable(CollectorError):
 
 class UplinkError(CollectorError):
     """The link to the gateway failed; retry after a backoff."""
+
+
+class ReceiptError(CollectorError):
+    """A receipt from the gateway, or the log key to check it with, that does not hold; the
+    message says which rule failed. The receipt is refused and kept; data keeps flowing."""
+
+
+class CheckpointInvalid(ReceiptError):
+    """A checkpoint note that does not parse, or is not signed by the configured log key."""
+
+
+class ProofInvalid(ReceiptError):
+    """An inclusion or consistency proof that does not verify."""
+
+
+class ReceiptStoreUnavailable(ReceiptError):
+    """The receipt store could not be read or written (disk full, I/O error); the receipt is lost,
+    the next one is taken as usual."""

@@ -115,6 +115,29 @@ class CollectorMetrics(Collector):
             sent.add_metric([cid, name], uplink.stats.blocks_sent)
         yield from (state, rejections, sent)
 
+        receipts = runtime.receipts
+        if receipts is not None:
+            by_status = CounterMetricFamily(
+                "stackline_collector_receipts",
+                "Receipts from the gateway by verdict (verified, unverified, refused, fork)",
+                labels=["collector", "status"])
+            for status, count in sorted(receipts.stats.by_status.items()):
+                by_status.add_metric([cid, status], count)
+            forks = CounterMetricFamily(
+                "stackline_collector_log_forks",
+                "Receipts proving that the gateway's transparency log forked or rewrote its "
+                "history (ALARM)", labels=["collector"])
+            forks.add_metric([cid], receipts.forks)
+            held = GaugeMetricFamily("stackline_collector_receipt_tree_size",
+                                     "Tree size of the held (verified) checkpoint of the "
+                                     "gateway's log; 0 before the first", labels=["collector"])
+            held.add_metric([cid], receipts.held_tree_size())
+            covered = GaugeMetricFamily("stackline_collector_receipt_sequence",
+                                        "Newest block a verified receipt proves to be in the "
+                                        "gateway's log", labels=["collector"])
+            covered.add_metric([cid], receipts.stats.newest_verified_sequence)
+            yield from (by_status, forks, held, covered)
+
 
 def render(runtime: CollectorRuntime) -> bytes:
     """The exposition text for one scrape."""

@@ -40,7 +40,9 @@ from collector.metrics import CONTENT_TYPE
 from collector.metrics import render as render_metrics
 from collector.modbus_source import DeviceSource, ModbusSource, PollOutcome, RequestOutcome
 from collector.plan import DevicePlan, ReadPlan, compile_plan
+from collector.receipts import ReceiptStore
 from collector.schedule import DeviceSchedule
+from collector.tlog import leaf_hash
 from collector.totalizer import TotalizerTracker
 from collector.uplink import SOFTWARE_VERSION, Uplink
 from collector.uplink_grpc import GrpcUplink
@@ -67,7 +69,7 @@ def seal(buffer: Buffer, signer: Signer, draft: BlockDraft, created_unix_ms: int
     payload = encode_block(draft, sequence=head.sequence + 1, previous_hash=head.hash)
     envelope = signer.envelope(payload).SerializeToString()
     return SealedBlock(head.sequence + 1, envelope, block_hash(payload), draft.config_digest,
-                       created_unix_ms)
+                       created_unix_ms, leaf_hash(payload))
 
 
 FAILURE_KINDS: dict[type[DeviceError], str] = {
@@ -171,6 +173,7 @@ class CollectorRuntime:
         http_listen: str | None = None,
         clock: Callable[[], float] = time.time,
         reloader: Callable[[], Reload] | None = None,
+        receipts: ReceiptStore | None = None,
     ) -> None:
         self.plan = plan
         self.signer = signer
@@ -183,6 +186,7 @@ class CollectorRuntime:
         self.acked = acked or asyncio.Event()
         self.clock = clock
         self.reloader = reloader
+        self.receipts = receipts
         self.stats = TickStats()
         self.devices = {device.device_id: DeviceHealth() for device in plan.devices}
         self.schedules: dict[str, DeviceSchedule] = {}
@@ -548,6 +552,8 @@ class CollectorRuntime:
             if endpoint is not None:
                 endpoint.stop()
             await self.source.close()
+            if self.receipts is not None:
+                self.receipts.close()
             self.buffer.close()
 
     def _start_http(self) -> HttpEndpoint | None:
@@ -668,13 +674,20 @@ def build_runtime(plant: LoadedPlant) -> CollectorRuntime:
     plan = compile_plan(plant)
     section = plant.config.collector
     signer = Signer(signing_key=load_signing_key(plant.resolve(section.key_file)))
-    buffer = SqliteBuffer(path=Path(plant.resolve(section.buffer.path)),
-                          max_bytes=section.buffer.max_bytes)
+    buffer_path = Path(plant.resolve(section.buffer.path))
+    buffer = SqliteBuffer(path=buffer_path, max_bytes=section.buffer.max_bytes)
+    log_key = section.log_key()
+    if log_key is None:
+        log.warning("receipts from the gateway are kept but not verified: set "
+                    "collector.gateway_log_key to the gateway's log key (the gateway logs it at "
+                    "start: 'checkpoints verify with <name>+<hex>+<base64>')")
+    receipts = ReceiptStore(path=buffer_path, leaves=buffer, key=log_key)
     wakeup, acked = asyncio.Event(), asyncio.Event()
     uplinks: list[Uplink] = []
     if section.uplink.grpc is not None:
         uplinks.append(GrpcUplink(config=section.uplink.grpc, collector_id=plan.collector_id,
-                                  key_id=signer.key_id, buffer=buffer, wakeup=wakeup, acked=acked))
+                                  key_id=signer.key_id, buffer=buffer, wakeup=wakeup, acked=acked,
+                                  receipts=receipts))
     if section.uplink.mqtt is not None:
         mqtt = section.uplink.mqtt
         field = "collector.uplink.mqtt"
@@ -693,12 +706,12 @@ def build_runtime(plant: LoadedPlant) -> CollectorRuntime:
                               f"the TLS files do not load: {exc}") from exc
         uplinks.append(MqttUplink(config=mqtt, credentials=credentials,
                                   collector_id=plan.collector_id, key_id=signer.key_id,
-                                  buffer=buffer, wakeup=wakeup, acked=acked))
+                                  buffer=buffer, wakeup=wakeup, acked=acked, receipts=receipts))
     return CollectorRuntime(
         plan=plan, signer=signer, buffer=buffer, source=ModbusSource(), reloader=reloader_for(plant),
         tick_ms=section.tick_ms, keep_raw_registers=section.keep_raw_registers,
         uplinks=uplinks, wakeup=wakeup, acked=acked, status_interval_s=section.status_interval_s,
-        http_listen=section.http.listen if section.http else None,
+        http_listen=section.http.listen if section.http else None, receipts=receipts,
     )
 
 

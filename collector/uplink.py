@@ -14,7 +14,10 @@ from collector.errors import UplinkError
 from proto.backoff import Backoff
 from proto.stackline.v1 import stackline_pb2 as pb
 
-__all__ = ["SOFTWARE_VERSION", "StatusSource", "Uplink", "UplinkBase", "UplinkState", "UplinkStats"]
+__all__ = [
+    "SOFTWARE_VERSION", "ReceiptSink", "StatusSource", "Uplink", "UplinkBase", "UplinkState",
+    "UplinkStats",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,18 @@ class UplinkStats:
     rejection_reasons: dict[str, int] = field(default_factory=dict)
 
 
+class ReceiptSink(Protocol):
+    """Where the receipts in the gateway's acks go (collector/receipts.py)."""
+
+    def held_tree_size(self) -> int:
+        """The tree size of the held checkpoint (0: none), sent in Hello and Batch."""
+        ...
+
+    def take(self, receipt: pb.Receipt) -> object:
+        """Judge and keep a receipt; never raises for what the receipt holds."""
+        ...
+
+
 class Uplink(Protocol):
     """Sends the buffer to the gateway and deletes from it only on the gateway's acks."""
 
@@ -64,7 +79,7 @@ class UplinkBase:
 
     def __init__(self, *, collector_id: str, key_id: str, buffer: Buffer, wakeup: asyncio.Event,
                  acked: asyncio.Event | None, batch_limit: int, reconnect_initial_s: float,
-                 reconnect_max_s: float, peer: str) -> None:
+                 reconnect_max_s: float, peer: str, receipts: ReceiptSink | None = None) -> None:
         self.collector_id = collector_id
         self.key_id = key_id
         self.buffer = buffer
@@ -76,6 +91,7 @@ class UplinkBase:
         self.status_interval_s = 5.0
         self.batch_limit = batch_limit  # halved when the gateway says a batch is too large
         self.peer = peer
+        self.receipts = receipts
         self._backoff = Backoff(initial_s=reconnect_initial_s, max_s=reconnect_max_s)
 
     def _failed(self, message: str) -> None:
@@ -95,6 +111,21 @@ class UplinkBase:
         self.buffer.acknowledge(through)
         self.stats.acknowledged_through = max(self.stats.acknowledged_through, through)
         self.acked.set()
+
+    def _receipt_tree_size(self) -> int:
+        """What Hello and Batch say about the checkpoint this collector holds."""
+        return self.receipts.held_tree_size() if self.receipts is not None else 0
+
+    def _take_receipt(self, ack: pb.Ack) -> None:
+        """Hand the ack's receipt, if any, to the receipt store. Receipts are evidence, not data:
+        whatever goes wrong with one, the blocks keep flowing."""
+        if self.receipts is None or not ack.HasField("receipt"):
+            return
+        try:
+            self.receipts.take(ack.receipt)
+        except Exception:  # a bug in receipt handling must not stop the uplink
+            log.exception("ALARM: a receipt from %s could not be handled; blocks keep flowing",
+                          self.peer)
 
     def _take_rejections(self, ack: pb.Ack) -> None:
         """Count and log what the gateway refused; end the session if it refused anything."""

@@ -18,7 +18,7 @@ import grpc.aio
 from collector.buffer import Buffer
 from collector.config import GrpcUplinkConfig
 from collector.errors import UplinkError
-from collector.uplink import SOFTWARE_VERSION, UplinkBase, UplinkState
+from collector.uplink import SOFTWARE_VERSION, ReceiptSink, UplinkBase, UplinkState
 from proto.backoff import cancel_count, forget_group_cancel, raise_if_cancelled
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.stackline.v1 import stackline_pb2_grpc as pb_grpc
@@ -43,11 +43,13 @@ class GrpcUplink(UplinkBase):
         buffer: Buffer,
         wakeup: asyncio.Event,
         acked: asyncio.Event | None = None,
+        receipts: ReceiptSink | None = None,
     ) -> None:
         super().__init__(collector_id=collector_id, key_id=key_id, buffer=buffer, wakeup=wakeup,
                          acked=acked, batch_limit=config.max_blocks_per_batch,
                          reconnect_initial_s=config.reconnect_initial_s,
-                         reconnect_max_s=config.reconnect_max_s, peer=config.target)
+                         reconnect_max_s=config.reconnect_max_s, peer=config.target,
+                         receipts=receipts)
         self.config = config
 
     def __repr__(self) -> str:
@@ -84,7 +86,7 @@ class GrpcUplink(UplinkBase):
             call = stub.Stream()
             await call.write(pb.IngestRequest(hello=pb.Hello(
                 collector_id=self.collector_id, key_id=self.key_id,
-                software_version=SOFTWARE_VERSION)))
+                software_version=SOFTWARE_VERSION, receipt_tree_size=self._receipt_tree_size())))
             try:
                 async with asyncio.timeout(HELLO_TIMEOUT_S):
                     first = await call.read()
@@ -126,6 +128,7 @@ class GrpcUplink(UplinkBase):
     def _on_resume(self, ack: pb.Ack) -> int:
         stored = ack.stored_through_sequence
         self._acknowledge(stored)
+        self._take_receipt(ack)
         pending = self.buffer.read_from(0, 1)
         if pending and pending[0][0] > stored + 1:
             log.error(
@@ -163,7 +166,7 @@ class GrpcUplink(UplinkBase):
                     except TimeoutError:
                         pass
                 continue
-            batch = pb.Batch()
+            batch = pb.Batch(receipt_tree_size=self._receipt_tree_size())
             for _, envelope in blocks:
                 batch.blocks.add().ParseFromString(envelope)
             async with writing:
@@ -180,4 +183,5 @@ class GrpcUplink(UplinkBase):
             ack = self._expect_ack(await call.read())
             self._acknowledge(ack.stored_through_sequence)
             in_flight.release()
+            self._take_receipt(ack)
             self._take_rejections(ack)

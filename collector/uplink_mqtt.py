@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from collector.buffer import Buffer
 from collector.config import MqttUplinkConfig
 from collector.errors import UplinkError
-from collector.uplink import SOFTWARE_VERSION, UplinkBase, UplinkState
+from collector.uplink import SOFTWARE_VERSION, ReceiptSink, UplinkBase, UplinkState
 from proto.backoff import (
     cancel_count,
     check_cancelled,
@@ -53,12 +53,13 @@ class MqttUplink(UplinkBase):
         buffer: Buffer,
         wakeup: asyncio.Event,
         acked: asyncio.Event | None = None,
+        receipts: ReceiptSink | None = None,
     ) -> None:
         super().__init__(collector_id=collector_id, key_id=key_id, buffer=buffer, wakeup=wakeup,
                          acked=acked, batch_limit=config.max_blocks_per_message,
                          reconnect_initial_s=config.reconnect_initial_s,
                          reconnect_max_s=config.reconnect_max_s,
-                         peer=f"MQTT broker {config.host}:{config.port}")
+                         peer=f"MQTT broker {config.host}:{config.port}", receipts=receipts)
         self.config = config
         self.credentials = credentials
         self.blocks_topic = f"{config.topic_prefix}/{collector_id}/blocks"
@@ -110,7 +111,7 @@ class MqttUplink(UplinkBase):
             self._restart_from_acknowledged()
             hello = pb.IngestRequest(hello=pb.Hello(
                 collector_id=self.collector_id, key_id=self.key_id,
-                software_version=SOFTWARE_VERSION))
+                software_version=SOFTWARE_VERSION, receipt_tree_size=self._receipt_tree_size()))
             await client.publish(self.blocks_topic, hello.SerializeToString(), qos=1)
             log.info("MQTT uplink connected to %s:%d, sending from sequence %d",
                      self.config.host, self.config.port, self._next_sequence)
@@ -151,7 +152,7 @@ class MqttUplink(UplinkBase):
             if not blocks:
                 await self._wait_for_work()
                 continue
-            batch = pb.Batch()
+            batch = pb.Batch(receipt_tree_size=self._receipt_tree_size())
             for _, envelope in blocks:
                 batch.blocks.add().ParseFromString(envelope)
             if not self._in_flight:
@@ -199,6 +200,7 @@ class MqttUplink(UplinkBase):
         stored = ack.stored_through_sequence
         before = self.buffer.acknowledged_through()
         self._acknowledge(stored)
+        self._take_receipt(ack)
         if stored > before or not ack.rejections:
             self._progress_at = time.monotonic()
         while self._in_flight and self._in_flight[0] <= stored:

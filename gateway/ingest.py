@@ -165,15 +165,14 @@ class IngestCore:
         self.on_stored: list[Callable[[str], None]] = []
         # the transparency log's receipt for a collector holding a checkpoint of a tree size
         self.receipts: Callable[[str, int], Awaitable[pb.Receipt | None]] | None = None
-        self._receipts_sent: dict[str, tuple[int, float]] = {}
+        self._receipts_sent: dict[str, tuple[tuple[int, int], float]] = {}
 
     def __repr__(self) -> str:
         return f"IngestCore(ledger={self.ledger!r}, collectors={len(self._keys)})"
 
     async def receipt(self, collector_id: str, known_size: int) -> pb.Receipt | None:
-        """A receipt for the collector when the log has a checkpoint newer than the one it holds;
-        the same checkpoint at most every RECEIPT_REPEAT_S (acks in flight still carry the old
-        size). A log that cannot answer costs the ack nothing: the receipt comes later."""
+        """A receipt for the collector when the log has a checkpoint newer than the one it holds
+        (`known_size`). A log that cannot answer costs the ack nothing: the receipt comes later."""
         if self.receipts is None:
             return None
         try:
@@ -183,12 +182,14 @@ class IngestCore:
             return None
         if receipt is None:
             return None
-        size = receipt_size(receipt)
+        # the same checkpoint for the same held size once per RECEIPT_REPEAT_S: batches in flight
+        # repeat the old size; a collector that reports another size gets its own proof at once
+        sent_for = (receipt_size(receipt), known_size)
         sent = self._receipts_sent.get(collector_id)
         now = time.monotonic()
-        if sent is not None and sent[0] == size and now - sent[1] < RECEIPT_REPEAT_S:
+        if sent is not None and sent[0] == sent_for and now - sent[1] < RECEIPT_REPEAT_S:
             return None
-        self._receipts_sent[collector_id] = (size, now)
+        self._receipts_sent[collector_id] = (sent_for, now)
         return receipt
 
     async def collector(self, collector_id: str) -> tuple[CollectorKey, Verifier] | None:
