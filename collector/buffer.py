@@ -24,8 +24,8 @@ from typing import Protocol
 from google.protobuf.message import DecodeError
 
 from collector.errors import BufferFullError, BufferUnavailable, CollectorError
-from collector.tlog import leaf_hash
 from proto.stackline.v1 import stackline_pb2 as pb
+from proto.tlog import leaf_hash
 from proto.wire import GENESIS_HASH
 
 __all__ = [

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from collector.errors import ConfigError, ReceiptError
-from collector.tlog import LogKey, parse_log_key
+from collector.receipts import LogKey, parse_log_key
 
 __all__ = [
     "MAX_BITS_PER_REQUEST",

@@ -7,6 +7,12 @@ RFC 9162 audit path to the root, and, when the collector said it holds an older 
 consistency proof from that one. The block's chain link commits it to every earlier block, so the
 newest verified receipt proves that the gateway accepted the whole chain up to its sequence.
 
+The log's rules (RFC 9162 hashing and proofs, C2SP signed notes and keys) are `proto.tlog`, the
+same code the gateway builds its log with; its errors become `CheckpointInvalid` and
+`ProofInvalid` here. What is the collector's own: the log key it is configured with (`LogKey`),
+the bounds of what it takes from the gateway, and the rule that a checkpoint's origin is the log
+key's name.
+
 `judge_receipt` (pure) decides, in this order:
 
 1. shape: sequence and leaf index in range, proofs of plausible length;
@@ -47,29 +53,35 @@ from collector.errors import (
     CheckpointInvalid,
     CollectorError,
     ProofInvalid,
+    ReceiptError,
     ReceiptStoreUnavailable,
 )
-from collector.tlog import (
+from proto.stackline.v1 import stackline_pb2 as pb
+from proto.tlog import (
     HASH_SIZE,
-    MAX_NOTE_BYTES,
-    MAX_PROOF_HASHES,
-    MAX_TREE_SIZE,
     Checkpoint,
-    LogKey,
-    read_checkpoint,
-    verify_checkpoint,
+    CheckpointError,
+    ProofError,
+    key_id,
+    parse_checkpoint,
+    parse_verifier_key,
+    read_checkpoint_unverified,
+    verifier_key,
     verify_consistency,
     verify_inclusion,
 )
-from proto.stackline.v1 import stackline_pb2 as pb
 
 __all__ = [
     "MAX_FORKS",
+    "MAX_NOTE_BYTES",
+    "MAX_PROOF_HASHES",
     "MAX_RECEIPTS",
+    "MAX_TREE_SIZE",
     "Fork",
     "ForkRecord",
     "HeldCheckpoint",
     "LeafHashes",
+    "LogKey",
     "ReceiptRecord",
     "ReceiptReport",
     "ReceiptStats",
@@ -77,6 +89,8 @@ __all__ = [
     "ReceiptStore",
     "Verdict",
     "judge_receipt",
+    "parse_log_key",
+    "read_checkpoint",
     "read_receipts",
     "render_json",
     "render_table",
@@ -89,6 +103,82 @@ MAX_RECEIPTS = 10_000
 minute; the newest verified receipt is the one that proves the chain)."""
 MAX_FORKS = 1_000
 """Forks kept as evidence; the first ones are kept, later ones are counted and logged."""
+MAX_TREE_SIZE = 2**63 - 1
+"""Largest tree size, leaf index or sequence the collector takes (what SQLite's integers hold)."""
+MAX_PROOF_HASHES = 64
+"""An audit path or consistency proof of any tree up to 2^64 leaves has fewer hashes than this."""
+MAX_NOTE_BYTES = 16_384
+"""Longest checkpoint note taken (room for dozens of witness signatures)."""
+
+
+# --- the log key and checkpoints ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogKey:
+    """The gateway log's checkpoint key, as a C2SP verifier key names it."""
+
+    name: str
+    public_key: bytes
+
+    @property
+    def key_id(self) -> bytes:
+        """The 4-byte C2SP key id."""
+        return key_id(self.name, self.public_key)
+
+    @property
+    def text(self) -> str:
+        """The verifier key text, `<name>+<hex key id>+<base64(0x01 || key)>`."""
+        return verifier_key(self.name, self.public_key)
+
+
+def parse_log_key(text: str) -> LogKey:
+    """A C2SP Ed25519 verifier key; ReceiptError saying what is wrong otherwise."""
+    try:
+        name, public_key = parse_verifier_key(text)
+    except CheckpointError as exc:
+        raise ReceiptError(f"{exc} (a log verifier key is <name>+<hex key id>+<base64 key>, as the "
+                           "gateway logs it at start: 'checkpoints verify with ...')") from exc
+    return LogKey(name, public_key)
+
+
+def read_checkpoint(note: str, key: LogKey | None) -> Checkpoint:
+    """The checkpoint of a note: signed by `key`, with `key`'s name as its origin; or, without a
+    key, only parsed. CheckpointInvalid naming what is wrong otherwise."""
+    if len(note) > MAX_NOTE_BYTES or len(note.encode()) > MAX_NOTE_BYTES:
+        raise CheckpointInvalid(f"the note is longer than {MAX_NOTE_BYTES} bytes")
+    try:
+        checkpoint = (read_checkpoint_unverified(note) if key is None
+                      else parse_checkpoint(note, name=key.name, public_key=key.public_key))
+    except CheckpointError as exc:
+        raise CheckpointInvalid(str(exc)) from exc
+    if checkpoint.size > MAX_TREE_SIZE:
+        raise CheckpointInvalid(f"the tree size {checkpoint.size} is out of range")
+    if key is not None and checkpoint.origin != key.name:
+        raise CheckpointInvalid(f"the checkpoint's origin {checkpoint.origin[:80]!r} is not the "
+                                f"configured log {key.name!r}")
+    return checkpoint
+
+
+def _check_inclusion(receipt: pb.Receipt, leaf: bytes, checkpoint: Checkpoint) -> None:
+    """ProofInvalid unless the receipt's audit path leads from `leaf` to the checkpoint's root."""
+    try:
+        verify_inclusion(leaf_hash=leaf, index=receipt.leaf_index, size=checkpoint.size,
+                         proof=list(receipt.inclusion_path), root=checkpoint.root_hash)
+    except ProofError as exc:
+        raise ProofInvalid(str(exc)) from exc
+
+
+def _check_extends(receipt: pb.Receipt, old: HeldCheckpoint, checkpoint: Checkpoint) -> None:
+    """ProofInvalid unless the receipt's consistency proof shows `checkpoint` extends `old`."""
+    try:
+        verify_consistency(old_size=old.tree_size, new_size=checkpoint.size, old_root=old.root,
+                           new_root=checkpoint.root_hash, proof=list(receipt.consistency_path))
+    except ProofError as exc:
+        raise ProofInvalid(str(exc)) from exc
+
+
+# --- the verdict ----------------------------------------------------------------------------------
 
 
 class ReceiptStatus(StrEnum):
@@ -159,8 +249,7 @@ def judge_receipt(receipt: pb.Receipt, *, key: LogKey | None, held: HeldCheckpoi
     if len(receipt.inclusion_path) > MAX_PROOF_HASHES or len(receipt.consistency_path) > MAX_PROOF_HASHES:
         return _refused("a proof with more hashes than any tree needs")
     try:
-        checkpoint = (read_checkpoint(receipt.checkpoint) if key is None
-                      else verify_checkpoint(receipt.checkpoint, key))
+        checkpoint = read_checkpoint(receipt.checkpoint, key)
     except CheckpointInvalid as exc:
         return _refused(f"checkpoint: {exc}")
     if key is not None:
@@ -172,8 +261,7 @@ def judge_receipt(receipt: pb.Receipt, *, key: LogKey | None, held: HeldCheckpoi
         return _refused(f"no leaf hash kept for block {sequence} (pruned, or not a block of this "
                         "collector's chain)", checkpoint)
     try:
-        verify_inclusion(leaf=leaf, index=index, size=checkpoint.size,
-                         proof=list(receipt.inclusion_path), root=checkpoint.root)
+        _check_inclusion(receipt, leaf, checkpoint)
     except ProofInvalid as exc:
         return _refused(f"inclusion of block {sequence}: {exc}", checkpoint)
     if key is None:
@@ -205,7 +293,7 @@ def _find_fork(receipt: pb.Receipt, checkpoint: Checkpoint, held: HeldCheckpoint
         return held if held is not None and held.tree_size == size else recorded(size)
 
     same = on_record(checkpoint.size)
-    if same is not None and same.root != checkpoint.root:
+    if same is not None and same.root != checkpoint.root_hash:
         return Fork(same, checkpoint, receipt.checkpoint,
                     f"two signed checkpoints of size {checkpoint.size} with different roots")
     start = receipt.consistency_from_size
@@ -213,8 +301,7 @@ def _find_fork(receipt: pb.Receipt, checkpoint: Checkpoint, held: HeldCheckpoint
         old = on_record(start)
         if old is not None:
             try:
-                verify_consistency(old_size=start, new_size=checkpoint.size, old_root=old.root,
-                                   new_root=checkpoint.root, proof=list(receipt.consistency_path))
+                _check_extends(receipt, old, checkpoint)
             except ProofInvalid as exc:
                 return Fork(old, checkpoint, receipt.checkpoint,
                             f"checkpoint {checkpoint.size} does not extend checkpoint {start}: {exc}")
@@ -402,7 +489,7 @@ class ReceiptStore:
                         "consistency_from_size, status, reason, log_key) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (now_ms, digest, note, checkpoint.size if checkpoint else None,
-                         checkpoint.root if checkpoint else None, sequence,
+                         checkpoint.root_hash if checkpoint else None, sequence,
                          _clamp(receipt.leaf_index), leaf, _joined(path),
                          _clamp(receipt.consistency_from_size), verdict.status.value,
                          verdict.reason, self.key.text if verified and self.key else None))
@@ -413,14 +500,14 @@ class ReceiptStore:
                             (cursor.lastrowid - self.max_receipts,))
                 if verdict.trust and checkpoint is not None and self.key is not None:
                     self._db.execute("INSERT OR REPLACE INTO receipt_held VALUES (1, ?, ?, ?, ?, ?, ?)",
-                                     (self.key.text, checkpoint.size, checkpoint.root,
+                                     (self.key.text, checkpoint.size, checkpoint.root_hash,
                                       receipt.checkpoint, receipt.sequence, now_ms))
                 if verdict.fork is not None:
                     self._keep_fork(verdict.fork, receipt, now_ms)
         except sqlite3.Error as exc:
             raise ReceiptStoreUnavailable(f"cannot write the receipts in {self.path}: {exc}") from exc
         if verdict.trust and checkpoint is not None:
-            self.held = HeldCheckpoint(checkpoint.size, checkpoint.root, receipt.checkpoint,
+            self.held = HeldCheckpoint(checkpoint.size, checkpoint.root_hash, receipt.checkpoint,
                                        receipt.sequence)
         if verified:
             self.stats.newest_verified_sequence = max(self.stats.newest_verified_sequence,
@@ -439,7 +526,7 @@ class ReceiptStore:
             "held_checkpoint, other_size, other_root, other_checkpoint, consistency_from_size, "
             "consistency_path, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (now_ms, fork.held.tree_size, fork.held.root, fork.held.note, fork.other.size,
-             fork.other.root, fork.other_note, _clamp(receipt.consistency_from_size) or 0,
+             fork.other.root_hash, fork.other_note, _clamp(receipt.consistency_from_size) or 0,
              _joined(list(receipt.consistency_path)), fork.reason))
 
     def _report(self, verdict: Verdict, receipt: pb.Receipt) -> None:
@@ -462,7 +549,7 @@ class ReceiptStore:
                     "does not hold with it (%s). The held checkpoint (%d) stays trusted; both "
                     "notes are kept as evidence (stackline collector receipts); data keeps "
                     "flowing", "ALARM" if first else "ALARM again", fork.other.origin,
-                    fork.other.size, fork.other.root.hex(), fork.held.tree_size,
+                    fork.other.size, fork.other.root_hash.hex(), fork.held.tree_size,
                     fork.held.root.hex(), fork.reason, self.held_tree_size())
         elif verdict.trust and checkpoint is not None:
             if self._alarmed_against is not None:
@@ -470,7 +557,7 @@ class ReceiptStore:
                             checkpoint.size)
                 self._alarmed_against = None
             log.info("receipt: checkpoint %d (root %s) of %s holds block %d (leaf %d); verified, "
-                     "now the held checkpoint", checkpoint.size, checkpoint.root.hex()[:16],
+                     "now the held checkpoint", checkpoint.size, checkpoint.root_hash.hex()[:16],
                      checkpoint.origin, receipt.sequence, receipt.leaf_index)
         elif verdict.repeat:
             self.stats.repeats += 1

@@ -42,7 +42,6 @@ from collector.modbus_source import DeviceSource, ModbusSource, PollOutcome, Req
 from collector.plan import DevicePlan, ReadPlan, compile_plan
 from collector.receipts import ReceiptStore
 from collector.schedule import DeviceSchedule
-from collector.tlog import leaf_hash
 from collector.totalizer import TotalizerTracker
 from collector.uplink import SOFTWARE_VERSION, Uplink
 from collector.uplink_grpc import GrpcUplink
@@ -52,6 +51,7 @@ from proto.credentials import BrokerCredentials, read_secret
 from proto.http_endpoint import HttpEndpoint, Response
 from proto.keys import load_signing_key
 from proto.stackline.v1 import stackline_pb2 as pb
+from proto.tlog import leaf_hash
 from proto.wire import BlockDraft, ReadingValue, Signer, block_hash, encode_block
 
 __all__ = ["CollectorRuntime", "DeviceHealth", "Reload", "TickStats", "build_runtime", "seal"]

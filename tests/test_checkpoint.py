@@ -10,6 +10,8 @@ import hashlib
 import nacl.signing
 import pytest
 
+from gateway.errors import GatewayError
+from gateway.translog import checkpoint as checkpoint_module
 from gateway.translog.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -21,6 +23,8 @@ from gateway.translog.checkpoint import (
     verifier_key,
 )
 from gateway.translog.merkle import root_from_leaves
+from proto import tlog
+from proto.errors import StacklineWireError
 
 # the example of Go's sumdb/note package documentation, checked independently with PyNaCl
 GO_VERIFIER_KEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
@@ -92,12 +96,46 @@ def test_a_note_from_another_key_under_the_same_name_is_refused(key: nacl.signin
         parse_checkpoint(note, name=ORIGIN, public_key=bytes(key.verify_key))
 
 
-@pytest.mark.parametrize("text", [f"{ORIGIN}\n01\n{'A' * 44}\n", f"{ORIGIN}\nx\n{'A' * 44}\n",
-                                  f"{ORIGIN}\n1\nAAAA\n", "\n1\nAAAA\n"])
+@pytest.mark.parametrize("text", [
+    f"{ORIGIN}\n01\n{'A' * 44}\n", f"{ORIGIN}\nx\n{'A' * 44}\n", f"{ORIGIN}\n1\nAAAA\n",
+    "\n1\nAAAA\n",
+    f"{ORIGIN}\n\u0663\n{'A' * 43}=\n",  # ARABIC-INDIC DIGIT THREE: a digit, not an ASCII one
+    f"{ORIGIN}\n+1\n{'A' * 43}=\n", f"{ORIGIN}\n-1\n{'A' * 43}=\n",
+    f"{ORIGIN}\n{2**64}\n{'A' * 43}=\n",  # past an unsigned 64-bit size
+    f"{ORIGIN}\n{'9' * 5000}\n{'A' * 43}=\n",  # longer than int() parses: still a CheckpointError
+], ids=["leading-zero", "not-a-number", "short-root", "no-origin", "non-ascii-digit", "plus-sign",
+        "negative", "past-uint64", "5000-digits"])
 def test_malformed_checkpoint_bodies_are_refused(key: nacl.signing.SigningKey, text: str) -> None:
     note = sign_note(text, name=ORIGIN, signing_key=key) if text.strip() else text
     with pytest.raises(CheckpointError):
         parse_checkpoint(note, name=ORIGIN, public_key=bytes(key.verify_key))
+    if text.strip():
+        with pytest.raises(CheckpointError):
+            tlog.read_checkpoint_unverified(note)
+
+
+def test_the_largest_size_is_an_unsigned_64_bit_number(key: nacl.signing.SigningKey) -> None:
+    note = Checkpoint(ORIGIN, 2**64 - 1, bytes(32)).sign(name=ORIGIN, signing_key=key)
+    assert parse_checkpoint(note, name=ORIGIN, public_key=bytes(key.verify_key)).size == 2**64 - 1
+
+
+def test_a_checkpoint_is_read_unverified_only_when_asked(key: nacl.signing.SigningKey) -> None:
+    """Reading without a key gives what the note states, whoever signed it; a note that is not
+    signed-note shaped is still refused."""
+    checkpoint = Checkpoint(ORIGIN, 7, bytes(range(32)))
+    forged = checkpoint.sign(name=ORIGIN, signing_key=nacl.signing.SigningKey(bytes(32 * [9])))
+    assert tlog.read_checkpoint_unverified(forged) == checkpoint
+    with pytest.raises(CheckpointError, match="no signature by"):
+        parse_checkpoint(forged, name=ORIGIN, public_key=bytes(key.verify_key))
+    with pytest.raises(CheckpointError, match="no blank line"):
+        tlog.read_checkpoint_unverified(checkpoint.text())
+
+
+def test_the_checkpoint_code_is_the_shared_code_and_its_errors_are_proto_errors() -> None:
+    for name in checkpoint_module.__all__:
+        assert getattr(checkpoint_module, name) is getattr(tlog, name), name
+    assert issubclass(CheckpointError, StacklineWireError)
+    assert not issubclass(CheckpointError, GatewayError)
 
 
 def test_bad_verifier_keys_and_names_are_refused() -> None:

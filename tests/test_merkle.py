@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import GatewayError, LedgerError
+from gateway.translog import merkle
 from gateway.translog.merkle import (
     EMPTY_ROOT,
     HashStore,
@@ -35,6 +36,8 @@ from gateway.translog.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from proto import tlog
+from proto.errors import StacklineWireError
 from tests.conftest import SHARED_VECTORS
 
 MERKLE_VECTORS = SHARED_VECTORS / "merkle"
@@ -313,6 +316,7 @@ def _assert_inclusion_tampering_fails(leaves: list[bytes], index: int, size: int
         flipped = [*proof]
         flipped[position] = bytes([proof[position][0] ^ 1]) + proof[position][1:]
         assert reason(path=flipped) == F.ROOT_MISMATCH
+    assert reason(leaf=bytes([leaves[index][0] ^ 1]) + leaves[index][1:]) == F.ROOT_MISMATCH
     assert reason(path=[*proof, root]) == F.WRONG_PROOF_LENGTH
     if proof:
         assert reason(path=proof[:-1]) == F.WRONG_PROOF_LENGTH
@@ -356,6 +360,9 @@ def _assert_consistency_tampering_fails(old_size: int, new_size: int, old_root: 
     assert reason(path=[*proof, new_root]) == F.WRONG_PROOF_LENGTH
     assert reason(path=proof[:-1]) == (F.WRONG_PROOF_LENGTH if len(proof) > 1 else F.EMPTY_PROOF)
     assert reason(first=new_root, second=old_root) in {F.ROOT_MISMATCH, F.OLD_ROOT_MISMATCH}
+    # an old root that is not the old tree's: when the old size is a power of two the proof
+    # starts from the root given, so it is the new root that fails to come out
+    assert reason(first=bytes([old_root[0] ^ 1]) + old_root[1:]) in {F.ROOT_MISMATCH, F.OLD_ROOT_MISMATCH}
     assert reason(second=node_hash(new_root, new_root)) == F.ROOT_MISMATCH
     assert reason(old=new_size, new=old_size) == F.SIZE_DECREASED
     assert reason(old=0) == F.EMPTY_OLD_TREE
@@ -410,6 +417,41 @@ def test_random_sizes_up_to_a_few_thousand(medium: tuple[list[bytes], MerkleTree
     assert consistency == naive_proof(old_size, leaves[:size])
     verify_consistency(old_size=old_size, new_size=size, old_root=tree.root(old_size), new_root=root,
                        proof=consistency)
+
+
+_JUNK_PROOF = st.lists(st.binary(min_size=32, max_size=32), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_only_the_true_proof_verifies(medium: tuple[list[bytes], MerkleTree], data: st.DataObject) -> None:
+    """Proofs as they arrive from outside: random hashes, or the tree's own proof, for a leaf
+    index that may be outside the tree. Exactly the tree's proof for the right index verifies;
+    anything else is a ProofError, never another exception."""
+    leaves, tree = medium
+    size = data.draw(st.integers(1, 600), label="size")
+    index = data.draw(st.integers(0, size - 1), label="index")
+    claimed = data.draw(st.integers(0, size + 3) | st.just(index), label="claimed index")
+    true_path = tree.inclusion_proof(index, size)
+    path = data.draw(_JUNK_PROOF | st.just(true_path), label="path")
+
+    def holds(check: Callable[[], None]) -> bool:
+        try:
+            check()
+        except ProofError:
+            return False
+        return True
+
+    root = tree.root(size)
+    assert holds(lambda: verify_inclusion(leaf_hash=leaves[index], index=claimed, size=size,
+                                          proof=path, root=root)) == (
+        claimed == index and path == true_path)
+    old_size = data.draw(st.integers(1, size), label="old_size")
+    true_proof = tree.consistency_proof(old_size, size)
+    proof = data.draw(_JUNK_PROOF | st.just(true_proof), label="consistency proof")
+    assert holds(lambda: verify_consistency(old_size=old_size, new_size=size,
+                                            old_root=tree.root(old_size), new_root=root,
+                                            proof=proof)) == (proof == true_proof)
 
 
 @settings(max_examples=30, deadline=None)
@@ -539,7 +581,16 @@ def test_proofs_outside_the_tree_are_refused(small: tuple[list[bytes], MerkleTre
         with pytest.raises(ProofRequestError):
             call()
     assert issubclass(ProofRequestError, GatewayError)
-    assert issubclass(ProofError, GatewayError)
+
+
+def test_verification_is_the_shared_code_and_its_errors_are_proto_errors() -> None:
+    """The gateway's names for hashing and verification are proto.tlog's own objects (one copy,
+    shared with the collector); a proof that fails is a proto error, not a gateway error."""
+    for name in ("EMPTY_ROOT", "HASH_SIZE", "ProofError", "ProofFailure", "leaf_hash", "node_hash",
+                 "root_from_leaves", "verify_consistency", "verify_inclusion"):
+        assert getattr(merkle, name) is getattr(tlog, name), name
+    assert issubclass(ProofError, StacklineWireError)
+    assert not issubclass(ProofError, GatewayError)
 
 
 def test_verifiers_refuse_negative_sizes() -> None:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,21 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import tlog
 from collector.buffer import LEAF_HASH_WINDOW, Buffer, MemoryBuffer, SqliteBuffer
 from collector.config import load_plant
-from collector.errors import ConfigError, ProofInvalid, ReceiptError
+from collector.errors import CheckpointInvalid, ConfigError, ReceiptError
 from collector.metrics import render as render_metrics
 from collector.receipts import (
+    MAX_NOTE_BYTES,
+    MAX_TREE_SIZE,
     HeldCheckpoint,
+    LogKey,
     ReceiptStatus,
     ReceiptStore,
     Verdict,
     judge_receipt,
+    parse_log_key,
+    read_checkpoint,
     read_receipts,
     render_table,
 )
@@ -123,8 +127,8 @@ class GatewayLog:
             consistency_path=self.tree.consistency_proof(from_size, size) if from_size else [])
 
 
-def _log_key(key: nacl.signing.SigningKey, origin: str = ORIGIN) -> tlog.LogKey:
-    return tlog.parse_log_key(verifier_key(origin, bytes(key.verify_key)))
+def _log_key(key: nacl.signing.SigningKey, origin: str = ORIGIN) -> LogKey:
+    return parse_log_key(verifier_key(origin, bytes(key.verify_key)))
 
 
 @pytest.fixture
@@ -140,7 +144,7 @@ def key() -> nacl.signing.SigningKey:
     return nacl.signing.SigningKey.generate()
 
 
-def _judge(receipt: pb.Receipt, buffer: Buffer, key: tlog.LogKey | None,
+def _judge(receipt: pb.Receipt, buffer: Buffer, key: LogKey | None,
            held: HeldCheckpoint | None = None,
            recorded: dict[int, HeldCheckpoint] | None = None) -> Verdict:
     return judge_receipt(receipt, key=key, held=held, leaf_of=buffer.leaf_hash,
@@ -151,113 +155,63 @@ def _held(log: GatewayLog, size: int, sequence: int = 1) -> HeldCheckpoint:
     return HeldCheckpoint(size, log.tree.root(size), log.note(size), sequence)
 
 
-# --- the collector's log checks agree with the gateway's ----------------------------------------
+# --- the collector's log key and checkpoint rules (the log's rules themselves: proto.tlog) -----------
 
 
 def _flip(value: bytes) -> bytes:
     return bytes([value[0] ^ 1]) + value[1:]
 
 
-def test_every_proof_of_the_gateways_tree_verifies_and_no_altered_one_does() -> None:
-    tree = MerkleTree(store=MemoryHashStore())
-    leaves = [leaf_hash(bytes([n])) for n in range(24)]
-    for leaf in leaves:
-        tree.append(leaf)
-    for size in range(1, 25):
-        root = tree.root(size)
-        for index in range(size):
-            proof = tree.inclusion_proof(index, size)
-            tlog.verify_inclusion(leaf=leaves[index], index=index, size=size, proof=proof, root=root)
-            with pytest.raises(ProofInvalid):
-                tlog.verify_inclusion(leaf=_flip(leaves[index]), index=index, size=size,
-                                      proof=proof, root=root)
-            for position in range(len(proof)):
-                altered = [*proof[:position], _flip(proof[position]), *proof[position + 1:]]
-                with pytest.raises(ProofInvalid):
-                    tlog.verify_inclusion(leaf=leaves[index], index=index, size=size,
-                                          proof=altered, root=root)
-            with pytest.raises(ProofInvalid):
-                tlog.verify_inclusion(leaf=leaves[index], index=index, size=size,
-                                      proof=[*proof, root], root=root)
-        for old in range(1, size + 1):
-            proof = tree.consistency_proof(old, size)
-            tlog.verify_consistency(old_size=old, new_size=size, old_root=tree.root(old),
-                                    new_root=root, proof=proof)
-            with pytest.raises(ProofInvalid):
-                tlog.verify_consistency(old_size=old, new_size=size, old_root=_flip(tree.root(old)),
-                                        new_root=root, proof=proof)
-            for position in range(len(proof)):
-                altered = [*proof[:position], _flip(proof[position]), *proof[position + 1:]]
-                with pytest.raises(ProofInvalid):
-                    tlog.verify_consistency(old_size=old, new_size=size, old_root=tree.root(old),
-                                            new_root=root, proof=altered)
-            if old < size:
-                with pytest.raises(ProofInvalid):
-                    tlog.verify_consistency(old_size=old, new_size=size, old_root=tree.root(old),
-                                            new_root=root, proof=proof[:-1])
-
-
-@settings(max_examples=150, deadline=None)
-@given(data=st.data(), size=st.integers(1, 600))
-def test_the_collector_and_the_gateway_agree_on_random_proofs(data: st.DataObject, size: int) -> None:
-    tree = MerkleTree(store=MemoryHashStore())
-    tree.append_many(leaf_hash(n.to_bytes(4, "big")) for n in range(size))
-    index = data.draw(st.integers(0, size - 1))
-    old = data.draw(st.integers(1, size))
-    leaf = leaf_hash(index.to_bytes(4, "big"))
-    proof = data.draw(st.lists(st.binary(min_size=32, max_size=32), max_size=12)
-                      | st.just(tree.inclusion_proof(index, size)))
-    claimed = data.draw(st.integers(0, size + 3))
-
-    def accepted(check: Callable[[], None], refusal: type[Exception]) -> bool:
-        try:
-            check()
-        except refusal:
-            return False
-        return True
-
-    ours = accepted(lambda: tlog.verify_inclusion(leaf=leaf, index=claimed, size=size, proof=proof,
-                                                  root=tree.root(size)), ProofInvalid)
-    theirs = accepted(lambda: verify_inclusion(leaf_hash=leaf, index=claimed, size=size,
-                                               proof=proof, root=tree.root(size)), ProofError)
-    assert ours == theirs
-    consistency = data.draw(st.just(tree.consistency_proof(old, size))
-                            | st.lists(st.binary(min_size=32, max_size=32), max_size=12))
-    ours = accepted(lambda: tlog.verify_consistency(
-        old_size=old, new_size=size, old_root=tree.root(old), new_root=tree.root(size),
-        proof=consistency), ProofInvalid)
-    theirs = accepted(lambda: verify_consistency(
-        old_size=old, new_size=size, old_root=tree.root(old), new_root=tree.root(size),
-        proof=consistency), ProofError)
-    assert ours == theirs
-
-
 def test_log_keys_and_checkpoints_read_as_the_gateway_writes_them(key: nacl.signing.SigningKey) -> None:
     text = verifier_key(ORIGIN, bytes(key.verify_key))
-    log_key = tlog.parse_log_key(text)
+    log_key = parse_log_key(text)
     assert (log_key.name, log_key.public_key, log_key.text) == (ORIGIN, bytes(key.verify_key), text)
     log = GatewayLog(key).other(5)
     note = log.note()
-    assert tlog.verify_checkpoint(note, log_key) == tlog.Checkpoint(ORIGIN, 5, log.tree.root(5))
+    assert read_checkpoint(note, log_key) == Checkpoint(ORIGIN, 5, log.tree.root(5))
     # a witness's signature line beside the log's is not the collector's to judge
     witness = GatewayLog(nacl.signing.SigningKey.generate(), origin="witness.example").other(5).note()
     body, signature = note.split("\n\n")
     cosigned = f"{body}\n\n{witness.splitlines(keepends=True)[-1]}{signature}"
-    assert tlog.verify_checkpoint(cosigned, log_key).size == 5
+    assert read_checkpoint(cosigned, log_key).size == 5
+    # every refusal is a CheckpointInvalid (so a ReceiptError), whichever rule failed
     impostor = GatewayLog(nacl.signing.SigningKey.generate()).other(5).note()
-    with pytest.raises(ReceiptError, match=r"no signature by stackline\.test/region-1"):
-        tlog.verify_checkpoint(impostor, log_key)
+    with pytest.raises(CheckpointInvalid, match=r"no signature by stackline\.test/region-1"):
+        read_checkpoint(impostor, log_key)
     altered = note.replace("\n5\n", "\n6\n")
-    with pytest.raises(ReceiptError, match="does not verify"):
-        tlog.verify_checkpoint(altered, log_key)
+    with pytest.raises(CheckpointInvalid, match="does not verify"):
+        read_checkpoint(altered, log_key)
     other_origin = Checkpoint("stackline.test/other", 5, log.tree.root(5)).sign(
         name=ORIGIN, signing_key=key)
-    with pytest.raises(ReceiptError, match="origin"):
-        tlog.verify_checkpoint(other_origin, log_key)
+    with pytest.raises(CheckpointInvalid, match="origin"):
+        read_checkpoint(other_origin, log_key)
     for bad, why in [("stackline.test", "name"), (text.replace("+", "+0", 1), "key id"),
                      (text[:-4] + "!!!!", "base64"), (f"{ORIGIN}+00000000+AQID", "Ed25519")]:
         with pytest.raises(ReceiptError, match=why):
-            tlog.parse_log_key(bad)
+            parse_log_key(bad)
+
+
+def test_the_collectors_own_bounds_on_checkpoints(key: nacl.signing.SigningKey) -> None:
+    log_key = _log_key(key)
+    # a signed size the log's rules take (a uint64) but this collector's SQLite cannot hold
+    huge = Checkpoint(ORIGIN, MAX_TREE_SIZE + 1, bytes(32)).sign(name=ORIGIN, signing_key=key)
+    with pytest.raises(CheckpointInvalid, match="out of range"):
+        read_checkpoint(huge, log_key)
+    assert read_checkpoint(Checkpoint(ORIGIN, MAX_TREE_SIZE, bytes(32)).sign(
+        name=ORIGIN, signing_key=key), log_key).size == MAX_TREE_SIZE
+    # a note longer than any checkpoint with its witnesses, even one that verifies
+    padded = sign_note(f"{ORIGIN}\n5\n{'A' * 43}=\n{'x' * MAX_NOTE_BYTES}\n", name=ORIGIN,
+                       signing_key=key)
+    with pytest.raises(CheckpointInvalid, match="longer than"):
+        read_checkpoint(padded, log_key)
+    with pytest.raises(CheckpointInvalid, match="longer than"):
+        read_checkpoint(padded, None)
+    # without a key the note is parsed, whoever signed it, and its origin is not checked
+    other = Checkpoint("stackline.test/other", 3, bytes(32)).sign(
+        name="someone.else", signing_key=nacl.signing.SigningKey.generate())
+    assert read_checkpoint(other, None) == Checkpoint("stackline.test/other", 3, bytes(32))
+    with pytest.raises(CheckpointInvalid, match="no blank line"):
+        read_checkpoint(f"{ORIGIN}\n3\n{'A' * 43}=\n", None)
 
 
 # --- the verdict on hand-made receipts ------------------------------------------------------------
@@ -268,7 +222,7 @@ def test_a_first_receipt_is_verified_and_held(buffer: SqliteBuffer,
     log = GatewayLog(key).other(3).ours_from(buffer, 1, 2, 3).other(2)
     verdict = _judge(log.receipt(), buffer, _log_key(key))
     assert (verdict.status, verdict.trust) == (ReceiptStatus.VERIFIED, True)
-    assert verdict.checkpoint == tlog.Checkpoint(ORIGIN, 8, log.tree.root(8))
+    assert verdict.checkpoint == Checkpoint(ORIGIN, 8, log.tree.root(8))
 
 
 def test_a_receipt_that_extends_the_held_checkpoint_is_verified(buffer: SqliteBuffer,
@@ -319,7 +273,7 @@ def test_same_size_and_another_root_is_a_fork(buffer: SqliteBuffer,
     assert verdict.status is ReceiptStatus.FORK
     assert verdict.fork is not None
     assert verdict.fork.held.root == log.tree.root(5)
-    assert verdict.fork.other.root == rewritten.tree.root(5)
+    assert verdict.fork.other.root_hash == rewritten.tree.root(5)
     assert "two signed checkpoints of size 5 with different roots" in verdict.reason
     # an older checkpoint verified before, rewritten: also a fork
     older = _judge(rewritten.receipt(size=4), buffer, _log_key(key), _held(log, 5, sequence=2),
@@ -366,7 +320,7 @@ def test_unproven_receipts_are_kept_unverified(buffer: SqliteBuffer,
 # --- the store: evidence, alarm, durability, bounds -----------------------------------------------
 
 
-def _store(buffer: Buffer, key: tlog.LogKey | None, path: Path | None, *, max_receipts: int = 10_000,
+def _store(buffer: Buffer, key: LogKey | None, path: Path | None, *, max_receipts: int = 10_000,
            max_forks: int = 1_000) -> ReceiptStore:
     return ReceiptStore(path=path, leaves=buffer, key=key, max_receipts=max_receipts,
                         max_forks=max_forks)
@@ -964,4 +918,4 @@ async def test_hostile_receipts_never_stop_the_collector(tmp_path: Path,
     assert {"verified", "refused"} <= {r.status for r in kept.receipts}
     with sqlite3.connect(tmp_path / "plant" / "buffer.sqlite") as db:
         longest = db.execute("SELECT MAX(LENGTH(checkpoint)) FROM receipts").fetchone()[0]
-    assert longest <= tlog.MAX_NOTE_BYTES, "oversized notes are not kept"
+    assert longest <= MAX_NOTE_BYTES, "oversized notes are not kept"

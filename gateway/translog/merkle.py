@@ -1,9 +1,11 @@
-"""RFC 9162 (RFC 6962) Merkle tree: hashing, proof verification, and proof generation from stored
+"""RFC 9162 (RFC 6962) Merkle tree: appending leaves and generating roots and proofs from stored
 complete-subtree hashes. Pure: no I/O beyond the `HashStore` passed in.
 
-Terms follow RFC 9162 section 2.1: D[n] is the list of n leaf inputs, MTH the Merkle Tree Hash,
-PATH an inclusion proof (audit path), PROOF a consistency proof. RFC 9162's `first` / `second`
-tree sizes are `old_size` / `new_size` here.
+Hashing, the tree shape of proofs and proof verification live in `proto.tlog`, shared with the
+collector; they are re-exported here under the names the gateway has always used. `ProofError`
+(a proof that does not verify) is therefore a `proto.errors.StacklineWireError`; `ProofRequestError`
+(a request for a size or index this tree does not have) is the gateway's own. Terms follow RFC 9162
+section 2.1 (see `proto.tlog`).
 
 Storage layout (see `HashStore`): node (level, index) is the root of the complete subtree over
 leaves [index * 2**level, (index + 1) * 2**level); level 0 holds the leaf hashes. Only complete
@@ -14,12 +16,23 @@ complete pieces it is made of.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
-from enum import StrEnum
 from typing import Protocol, TypeAlias
 
 from gateway.errors import GatewayError, LedgerError
+from proto.tlog import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    ProofError,
+    ProofFailure,
+    consistency_ranges,
+    inclusion_ranges,
+    leaf_hash,
+    node_hash,
+    root_from_leaves,
+    verify_consistency,
+    verify_inclusion,
+)
 
 __all__ = [
     "EMPTY_ROOT",
@@ -41,15 +54,6 @@ __all__ = [
     "verify_inclusion",
 ]
 
-HASH_SIZE = 32
-"""Bytes in a SHA-256 hash, and so in every leaf, node, root and proof element."""
-
-EMPTY_ROOT = hashlib.sha256(b"").digest()
-"""MTH({}) = HASH(), the root of the empty tree (RFC 9162 section 2.1.1)."""
-
-_LEAF_PREFIX = b"\x00"
-_NODE_PREFIX = b"\x01"
-
 NodeId: TypeAlias = tuple[int, int]
 """(level, index) of a complete subtree: leaves [index * 2**level, (index + 1) * 2**level)."""
 
@@ -60,81 +64,12 @@ NodeWrite: TypeAlias = tuple[int, int, bytes]
 # --- Errors ------------------------------------------------------------------------------------
 
 
-class ProofFailure(StrEnum):
-    """Why a proof was rejected; stable values for verdicts and API answers."""
-
-    INVALID_SIZE = "invalid_size"
-    """A tree size below zero."""
-    INDEX_OUT_OF_RANGE = "index_out_of_range"
-    """The leaf index is not below the tree size (RFC 9162 section 2.1.3.2 step 1)."""
-    SIZE_DECREASED = "size_decreased"
-    """The old tree is larger than the new one."""
-    EMPTY_OLD_TREE = "empty_old_tree"
-    """A consistency proof from a tree of size 0: RFC 9162 section 2.1.4.1 defines none."""
-    PROOF_NOT_EMPTY = "proof_not_empty"
-    """Equal tree sizes need no proof, yet one was given."""
-    EMPTY_PROOF = "empty_proof"
-    """A consistency proof with no hashes where one is needed (RFC 9162 section 2.1.4.2 step 1)."""
-    BAD_HASH_LENGTH = "bad_hash_length"
-    """A leaf hash, root or proof element that is not a 32-byte SHA-256 hash."""
-    WRONG_PROOF_LENGTH = "wrong_proof_length"
-    """More or fewer proof hashes than the tree sizes call for."""
-    OLD_ROOT_MISMATCH = "old_root_mismatch"
-    """A consistency proof that does not reproduce the old root."""
-    ROOT_MISMATCH = "root_mismatch"
-    """The proof does not lead to the (new) root it is checked against."""
-
-
-class ProofError(GatewayError):
-    """An inclusion or consistency proof that does not verify; `reason` says which rule failed."""
-
-    def __init__(self, reason: ProofFailure, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 class ProofRequestError(GatewayError):
     """A root or proof asked for a size or index the tree does not have (the request is wrong,
     not the log)."""
 
 
-# --- Hashing (RFC 9162 section 2.1.1) ------------------------------------------------------------
-
-
-def leaf_hash(data: bytes) -> bytes:
-    """HASH(0x00 || data): the hash of one leaf input (RFC 9162 section 2.1.1)."""
-    return hashlib.sha256(_LEAF_PREFIX + data).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    """HASH(0x01 || left || right): an interior node (RFC 9162 section 2.1.1)."""
-    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
-
-
-def root_from_leaves(leaf_hashes: Sequence[bytes]) -> bytes:
-    """MTH(D[n]) from the n leaf hashes (RFC 9162 section 2.1.1); the empty tree gives HASH().
-
-    Computed bottom-up, carrying an odd last node up unchanged, which equals the RFC's split at
-    the largest power of two below n at every level.
-    """
-    if not leaf_hashes:
-        return EMPTY_ROOT
-    level = list(leaf_hashes)
-    while len(level) > 1:
-        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
-    return level[0]
-
-
-# --- Tree shape: which subtrees a root or proof is made of -------------------------------------
-
-
-def _split(size: int) -> int:
-    """k, the largest power of two smaller than size (size >= 2; RFC 9162 section 2.1.1)."""
-    return 1 << ((size - 1).bit_length() - 1)
+# --- Which stored subtrees a root or proof is folded from -------------------------------------
 
 
 def _subtree_nodes(start: int, end: int) -> list[NodeId]:
@@ -152,176 +87,12 @@ def _subtree_nodes(start: int, end: int) -> list[NodeId]:
     return nodes
 
 
-def _inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
-    """The leaf ranges whose MTHs make up PATH(index, D[size]), bottom-up (RFC 9162 2.1.3.1).
-
-    PATH(m, D[n]) = PATH(m, D[0:k]) : MTH(D[k:n]) for m < k, and
-    PATH(m - k, D[k:n]) : MTH(D[0:k]) otherwise; walked top-down here, then reversed.
-    """
-    ranges: list[tuple[int, int]] = []
-    start, m, n = 0, index, size
-    while n > 1:
-        k = _split(n)
-        if m < k:
-            ranges.append((start + k, start + n))
-            n = k
-        else:
-            ranges.append((start, start + k))
-            start, m, n = start + k, m - k, n - k
-    ranges.reverse()
-    return ranges
-
-
-def _consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
-    """The leaf ranges whose MTHs make up PROOF(old_size, D[new_size]), bottom-up (RFC 9162
-    section 2.1.4.1), for 0 < old_size <= new_size.
-
-    SUBPROOF(m, D[m], true) = {}; SUBPROOF(m, D[m], false) = {MTH(D[m])};
-    for m < n: SUBPROOF(m, D[0:k], b) : MTH(D[k:n]) if m <= k,
-    else SUBPROOF(m - k, D[k:n], false) : MTH(D[0:k]).
-    """
-    ranges: list[tuple[int, int]] = []
-    start, m, n, whole_old_tree = 0, old_size, new_size, True
-    while m != n:
-        k = _split(n)
-        if m <= k:
-            ranges.append((start + k, start + n))
-            n = k
-        else:
-            ranges.append((start, start + k))
-            start, m, n, whole_old_tree = start + k, m - k, n - k, False
-    if not whole_old_tree:
-        ranges.append((start, start + n))
-    ranges.reverse()
-    return ranges
-
-
 def _fold_right(hashes: Sequence[bytes]) -> bytes:
     """node(h0, node(h1, ... node(h[-2], h[-1]))): MTH from its complete-subtree pieces."""
     result = hashes[-1]
     for left in reversed(hashes[:-1]):
         result = node_hash(left, result)
     return result
-
-
-# --- Verification (RFC 9162 sections 2.1.3.2 and 2.1.4.2) ----------------------------------------
-
-
-def _check_hash(what: str, value: bytes) -> None:
-    if len(value) != HASH_SIZE:
-        raise ProofError(ProofFailure.BAD_HASH_LENGTH, f"{what} is {len(value)} bytes, want {HASH_SIZE}")
-
-
-def verify_inclusion(*, leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes],
-                     root: bytes) -> None:
-    """Check that `leaf_hash` is leaf `index` of the tree of `size` leaves with `root`.
-
-    The algorithm of RFC 9162 section 2.1.3.2, step by step; raises `ProofError` naming the
-    first rule that fails (returns None when the proof holds). Hash lengths are checked first so
-    that an empty or truncated hash can never pass as a root.
-    """
-    if size < 0:
-        raise ProofError(ProofFailure.INVALID_SIZE, f"tree size {size} is negative")
-    # Step 1: leaf_index must be below tree_size (so an empty tree includes nothing).
-    if not 0 <= index < size:
-        raise ProofError(ProofFailure.INDEX_OUT_OF_RANGE,
-                         f"leaf index {index} is outside a tree of size {size}")
-    _check_hash("leaf hash", leaf_hash)
-    _check_hash("root", root)
-    for position, element in enumerate(proof):
-        _check_hash(f"proof element {position}", element)
-
-    want = len(_inclusion_ranges(index, size))
-    fn, sn = index, size - 1  # step 2
-    r = leaf_hash  # step 3
-    for p in proof:  # step 4
-        if sn == 0:
-            raise ProofError(ProofFailure.WRONG_PROOF_LENGTH,
-                             f"{len(proof)} hashes, want {want} for leaf {index} of {size}")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            while not fn & 1 and fn != 0:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            r = node_hash(r, p)
-        fn, sn = fn >> 1, sn >> 1
-    # Step 5.
-    if sn != 0:
-        raise ProofError(ProofFailure.WRONG_PROOF_LENGTH,
-                         f"{len(proof)} hashes, want {want} for leaf {index} of {size}")
-    if r != root:
-        raise ProofError(ProofFailure.ROOT_MISMATCH,
-                         f"proof for leaf {index} of {size} leads to {r.hex()}, not {root.hex()}")
-
-
-def verify_consistency(*, old_size: int, new_size: int, old_root: bytes, new_root: bytes,
-                       proof: Sequence[bytes]) -> None:
-    """Check that the tree of `new_size` leaves with `new_root` extends the one of `old_size`
-    with `old_root`; raises `ProofError` naming the first rule that fails.
-
-    For 0 < old_size < new_size this is RFC 9162 section 2.1.4.2, step by step. The RFC defines
-    proofs only for 0 < first < second, so the edges are rules of this project, the same as
-    the transparency-dev reference vectors: equal sizes need an empty proof and equal roots
-    (and size 0 the empty-tree root, HASH()); a proof from size 0 to a larger tree is refused
-    (it would prove nothing).
-    """
-    if old_size < 0 or new_size < 0:
-        raise ProofError(ProofFailure.INVALID_SIZE, f"tree sizes {old_size} and {new_size}: one is negative")
-    if old_size > new_size:
-        raise ProofError(ProofFailure.SIZE_DECREASED,
-                         f"old size {old_size} is larger than new size {new_size}")
-    if old_size == new_size:
-        if proof:
-            raise ProofError(ProofFailure.PROOF_NOT_EMPTY,
-                             f"{len(proof)} proof hashes for two trees of the same size {old_size}")
-        if old_size == 0 and (old_root != EMPTY_ROOT or new_root != EMPTY_ROOT):
-            raise ProofError(ProofFailure.ROOT_MISMATCH,
-                             f"a tree of size 0 has root {EMPTY_ROOT.hex()} (SHA-256 of nothing)")
-        if old_root != new_root:
-            raise ProofError(ProofFailure.ROOT_MISMATCH,
-                             f"two trees of size {old_size} with different roots")
-        return
-    if old_size == 0:
-        raise ProofError(ProofFailure.EMPTY_OLD_TREE,
-                         f"no consistency proof from an empty tree (to size {new_size})")
-    # Step 1.
-    if not proof:
-        raise ProofError(ProofFailure.EMPTY_PROOF, f"empty proof from size {old_size} to {new_size}")
-    _check_hash("old root", old_root)
-    _check_hash("new root", new_root)
-    for position, element in enumerate(proof):
-        _check_hash(f"proof element {position}", element)
-
-    want = len(_consistency_ranges(old_size, new_size))
-    wrong_length = ProofError(ProofFailure.WRONG_PROOF_LENGTH,
-                              f"{len(proof)} hashes, want {want} from size {old_size} to {new_size}")
-    path = list(proof)
-    if old_size & (old_size - 1) == 0:  # step 2: first is an exact power of 2
-        path.insert(0, old_root)
-    fn, sn = old_size - 1, new_size - 1  # step 3
-    while fn & 1:  # step 4
-        fn, sn = fn >> 1, sn >> 1
-    fr = sr = path[0]  # step 5
-    for c in path[1:]:  # step 6
-        if sn == 0:
-            raise wrong_length
-        if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            while not fn & 1 and fn != 0:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            sr = node_hash(sr, c)
-        fn, sn = fn >> 1, sn >> 1
-    # Step 7.
-    if sn != 0:
-        raise wrong_length
-    if fr != old_root:
-        raise ProofError(ProofFailure.OLD_ROOT_MISMATCH,
-                         f"proof leads to old root {fr.hex()} at size {old_size}, not {old_root.hex()}")
-    if sr != new_root:
-        raise ProofError(ProofFailure.ROOT_MISMATCH,
-                         f"proof leads to new root {sr.hex()} at size {new_size}, not {new_root.hex()}")
 
 
 # --- Storage -----------------------------------------------------------------------------------
@@ -464,12 +235,12 @@ def _proof_ranges(kind: str, first: int, size: int) -> list[tuple[int, int]]:
     if kind == "inclusion":
         if not 0 <= first < size:
             raise ProofRequestError(f"leaf index {first} is outside a tree of size {size}")
-        return _inclusion_ranges(first, size)
+        return inclusion_ranges(first, size)
     if not 0 <= first <= size:
         raise ProofRequestError(f"no consistency proof from size {first} to {size}")
     if first == 0 and size > 0:
         raise ProofRequestError(f"no consistency proof from an empty tree (to size {size})")
-    return [] if first == size else _consistency_ranges(first, size)
+    return [] if first == size else consistency_ranges(first, size)
 
 
 def _pieces(ranges: Sequence[tuple[int, int]]) -> tuple[list[list[NodeId]], list[NodeId]]:
