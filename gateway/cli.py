@@ -30,13 +30,25 @@ def add_commands(commands: Any) -> None:
     enroll.add_argument("--public-key", required=True, type=Path,
                         help="the .pub file made by `stackline keygen`")
     enroll.set_defaults(handler=_enroll)
+    _add_token_command(actions)
 
-    verify = commands.add_parser("verify", help="re-check every stored block's signature and link")
-    verify.add_argument("--ledger", required=True,
-                        help="SQLite ledger file, or postgresql://user@host:port/database")
-    verify.add_argument("--collector", help="only this collector id")
+    verify = commands.add_parser(
+        "verify", help="re-check every stored block's signature and link (a ledger), or check an "
+                       "evidence bundle offline")
+    verify_source = verify.add_mutually_exclusive_group(required=True)
+    verify_source.add_argument("--ledger",
+                               help="SQLite ledger file, or postgresql://user@host:port/database")
+    verify_source.add_argument("--bundle", type=Path,
+                               help="an evidence bundle made by `stackline export` (exit 0 pass, "
+                                    "1 fail, 2 not a bundle)")
+    verify.add_argument("--log-key",
+                        help="with --bundle: the log's verifier key you trust (name+keyid+key); "
+                             "default: the bundle's own, with a warning")
+    verify.add_argument("--collector", help="with --ledger: only this collector id")
     verify.add_argument("--json", action="store_true", help="print a JSON object")
     verify.set_defaults(handler=_verify)
+
+    _add_export(commands)
 
     report = commands.add_parser(
         "report", help="a unit's compliance accounting for a period, from a ledger (json, csv, html)")
@@ -71,6 +83,23 @@ def add_commands(commands: Any) -> None:
     demo.set_defaults(handler=_demo)
 
 
+def _add_export(commands: Any) -> None:
+    export = commands.add_parser(
+        "export", help="write a unit's evidence bundle for a period from a gateway's verifier API")
+    export.add_argument("--gateway-url", required=True,
+                        help="the gateway's verifier API, e.g. https://gateway.example.org:9443")
+    export.add_argument("--token-file", type=Path,
+                        help="file holding the bearer token (default: $STACKLINE_TOKEN)")
+    export.add_argument("--unit", required=True, help="the accounting unit id")
+    export.add_argument("--plant", help="the plant id (default: the one plant with that unit)")
+    export.add_argument("--from", dest="start", required=True, type=_date,
+                        help="first local day, YYYY-MM-DD")
+    export.add_argument("--to", dest="end", required=True, type=_date,
+                        help="the local day after the last one, YYYY-MM-DD")
+    export.add_argument("-o", "--output", required=True, type=Path, help="the bundle (.zip) to write")
+    export.set_defaults(handler=_export)
+
+
 def _fail(exc: Exception) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return 2
@@ -101,6 +130,38 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_token_command(actions: Any) -> None:
+    token = actions.add_parser("token", help="make a bearer token for the verifier API")
+    token.add_argument("--name", required=True, help="the token's name in the configuration and logs")
+    token.add_argument("--plants", required=True,
+                       help='comma-separated plant ids the token may read, or "*" for every plant')
+    token.set_defaults(handler=_token)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from gateway.config import VerifierTokenSection  # noqa: PLC0415
+    from gateway.tokens import new_token, token_digest, token_stanza  # noqa: PLC0415
+
+    token = new_token()
+    plants = tuple(p.strip() for p in args.plants.split(",") if p.strip())
+    try:  # the same checks as the configuration's, before the operator copies it there
+        VerifierTokenSection(name=args.name, sha256=token_digest(token).hex(), plants=plants)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = "--name" if first["loc"][:1] == ("name",) else "--plants"
+        return _fail(ValueError(f"{option}: {first['msg'].removeprefix('Value error, ')}"))
+    print("Token (shown this once; hand it to the verifier, who sends it as "
+          "'Authorization: Bearer <token>'):")
+    print(token)
+    print("\nAdd this entry under verifier_api.tokens in the gateway configuration, then restart "
+          "the gateway\n(it holds only the token's SHA-256; keep the token itself in a secret "
+          "store, not here):")
+    print(token_stanza(name=args.name, plants=plants, token=token), end="")
+    return 0
+
+
 def _enroll(args: argparse.Namespace) -> int:
     from gateway.config import load_gateway_config  # noqa: PLC0415
     from gateway.ledger import open_ledger  # noqa: PLC0415
@@ -126,9 +187,51 @@ def _enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_bundle(args: argparse.Namespace) -> int:
+    from gateway.bundle_verify import render_verdict, verify_bundle  # noqa: PLC0415
+
+    if args.collector is not None:
+        return _fail(ValueError("--collector goes with --ledger; a bundle is checked whole"))
+    try:
+        verdict = asyncio.run(verify_bundle(args.bundle, log_key=args.log_key))
+    except (GatewayError, StacklineWireError) as exc:  # not a bundle; --log-key not a verifier key
+        return _fail(exc)
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=2))
+    else:
+        print(render_verdict(verdict), end="")
+    return 0 if verdict.ok else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gateway.bundle import export_bundle  # noqa: PLC0415
+    from gateway.bundle_http import GatewayClient, read_token  # noqa: PLC0415
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        client = GatewayClient(base_url=args.gateway_url, token=read_token(args.token_file),
+                               warn=progress)
+        summary = asyncio.run(export_bundle(client, unit_id=args.unit, plant_id=args.plant,
+                                            start=args.start, end=args.end, out=args.output,
+                                            progress=progress))
+    except GatewayError as exc:
+        return _fail(exc)
+    progress(f"wrote {summary.path}: {summary.blocks:,} blocks of {summary.collectors} collector(s), "
+             f"checkpoint at tree size {summary.tree_size}, sha256 {summary.sha256}")
+    progress(f"check it with: stackline verify --bundle {summary.path} --log-key {summary.verifier_key}")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from gateway.ledger import open_ledger  # noqa: PLC0415
     from gateway.verifier import render_text, verify_ledger  # noqa: PLC0415
+
+    if args.bundle is not None:
+        return _verify_bundle(args)
+    if args.log_key is not None:
+        return _fail(ValueError("--log-key goes with --bundle"))
 
     async def main() -> Any:
         ledger = open_ledger(args.ledger, read_only=True)

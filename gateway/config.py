@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import ConfigError
 
 __all__ = [
     "GatewayConfig", "LoadedGatewayConfig", "LogSection", "MqttSection", "MqttTlsSection",
-    "TimeseriesSection", "load_gateway_config",
+    "TimeseriesSection", "VerifierApiSection", "VerifierTokenSection",
+    "load_gateway_config",
 ]
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -181,6 +182,60 @@ class LogSection(_Strict):
                                          "the log grew (verifiers can also ask for one)")
 
 
+PlantScope = Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")]
+
+
+class VerifierTokenSection(_Strict):
+    """One bearer token of the verifier API and the plants it may read."""
+
+    name: Identifier = Field(description="shown in logs and metrics (never the token itself)")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                               description="SHA-256 of the token text, 64 lowercase hex digits "
+                               "(what `stackline gateway token` prints)")
+    token_file: str | None = Field(default=None, min_length=1,
+                                   description="or: a file whose first line is the token, relative "
+                                   "to this file")
+    plants: tuple[PlantScope, ...] = Field(min_length=1,
+                                           description='plant ids the token may read, or ["*"] '
+                                           "for every plant (and collectors of no known plant)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VerifierTokenSection:
+        if (self.sha256 is None) == (self.token_file is None):
+            raise ValueError("set either sha256 (the token's digest) or token_file (a file "
+                             "holding the token), one of them")
+        if "*" in self.plants and len(self.plants) > 1:
+            raise ValueError('plants: "*" already means every plant; list plant ids or "*" alone')
+        return self
+
+
+class VerifierApiSection(_Strict):
+    """The read-only verifier API (HTTP JSON on `listen`; the same over gRPC on listen.grpc)."""
+
+    listen: str = Field(default="127.0.0.1:8480", pattern=r"^.*:\d{1,5}$",
+                        description="host:port for HTTP (port 0 picks a free one)")
+    tokens: tuple[VerifierTokenSection, ...] = Field(min_length=1,
+                                                     description="the bearer tokens it accepts")
+
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        if int(value.rsplit(":", 1)[1]) > 65535:
+            raise ValueError("the port must be 0..65535")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> VerifierApiSection:
+        names = [t.name for t in self.tokens]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"token name {twice[0]!r} is used twice: give each token its own name")
+        digests = [t.sha256 for t in self.tokens if t.sha256 is not None]
+        if len(set(digests)) != len(digests):
+            raise ValueError("two tokens have the same sha256: one token has one set of plants")
+        return self
+
+
 class GatewayConfig(_Strict):
     """A whole gateway configuration file."""
 
@@ -193,6 +248,7 @@ class GatewayConfig(_Strict):
     timeseries: TimeseriesSection | None = None
     accounting: AccountingSection | None = None
     log: LogSection = LogSection()
+    verifier_api: VerifierApiSection | None = None
 
     @model_validator(mode="after")
     def _some_transport(self) -> GatewayConfig:

@@ -1,4 +1,5 @@
-"""The gRPC ingest server; the only home of grpc in the gateway.
+"""The gRPC server: the ingest stream and, when the verifier API is configured, the Verifier
+service (gateway/verifier_grpc.py); the only home of grpc in the gateway.
 
 Requests arrive as raw bytes (no deserializer is registered) so that a message that does not parse
 is still in hand to be quarantined as evidence; the stream then goes on. A stream must start with a
@@ -8,7 +9,7 @@ hello naming an enrolled collector; the answer is an ack saying where to resume.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import grpc.aio
@@ -16,6 +17,9 @@ from google.protobuf.message import DecodeError
 
 from gateway.errors import GatewayError, LedgerError
 from gateway.ingest import Answer, IngestCore, Refusal
+from gateway.verifier_api import ApiError
+from gateway.verifier_grpc import GRPC_STATUS, RpcAnswer, VerifierRpc
+from gateway.verifier_grpc import SERVICE as VERIFIER_SERVICE
 from proto.stackline.v1 import stackline_pb2 as pb
 
 __all__ = ["GrpcIngestServer"]
@@ -24,17 +28,23 @@ log = logging.getLogger(__name__)
 
 TRANSPORT = "grpc"
 SERVICE = "stackline.v1.Ingest"
+VERIFIER_MAX_SEND_BYTES = 64 * 1024 * 1024  # a year's report is a few MB; ingest answers are small
+
+_UnaryHandler = Callable[[bytes, "grpc.aio.ServicerContext[bytes, bytes]"], Awaitable[bytes]]
+_StreamHandler = Callable[[bytes, "grpc.aio.ServicerContext[bytes, bytes]"], AsyncIterator[bytes]]
 
 
 class GrpcIngestServer:
-    """Serves `stackline.v1.Ingest/Stream` on one address."""
+    """Serves `stackline.v1.Ingest/Stream` on one address, and `stackline.v1.Verifier` when given
+    a `verifier`."""
 
     def __init__(self, *, core: IngestCore, address: str, max_message_bytes: int,
-                 max_blocks_per_batch: int) -> None:
+                 max_blocks_per_batch: int, verifier: VerifierRpc | None = None) -> None:
         self.core = core
         self.address = address
         self.max_message_bytes = max_message_bytes
         self.max_blocks_per_batch = max_blocks_per_batch
+        self.verifier = verifier
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self.active_streams = 0
@@ -46,7 +56,9 @@ class GrpcIngestServer:
         """Bind and start serving; return the bound port (useful with port 0)."""
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length",
+             max(self.max_message_bytes, VERIFIER_MAX_SEND_BYTES) if self.verifier
+             else self.max_message_bytes),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ])
@@ -54,6 +66,8 @@ class GrpcIngestServer:
             "Stream": grpc.stream_stream_rpc_method_handler(self._stream),
         })
         server.add_generic_rpc_handlers((handler,))
+        if self.verifier is not None:
+            server.add_generic_rpc_handlers((self._verifier_handler(self.verifier),))
         try:
             self.port = server.add_insecure_port(self.address)
         except RuntimeError as exc:
@@ -61,8 +75,9 @@ class GrpcIngestServer:
                                "running there? Change listen.grpc or stop the other one") from exc
         await server.start()
         self._server = server
-        log.info("gRPC ingest listening on %s (plaintext)", self.address.rsplit(":", 1)[0]
-                 + f":{self.port}")
+        log.info("gRPC ingest%s listening on %s (plaintext)",
+                 " and verifier API" if self.verifier else "",
+                 self.address.rsplit(":", 1)[0] + f":{self.port}")
         return self.port
 
     async def stop(self, grace_s: float = 2.0) -> None:
@@ -130,3 +145,49 @@ class GrpcIngestServer:
             self.active_streams -= 1
             if collector_id:
                 log.info("collector %s disconnected", collector_id)
+
+    # --- the Verifier service ------------------------------------------------------------------
+
+    @staticmethod
+    def _verifier_handler(verifier: VerifierRpc) -> grpc.GenericRpcHandler:
+        def unary(method: str) -> _UnaryHandler:
+            async def handle(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+                try:
+                    answer: RpcAnswer = await verifier.call(
+                        method, raw, authorization=_authorization(context), peer=context.peer())
+                except ApiError as exc:
+                    await context.abort(_status(exc), exc.detail)
+                if answer.metadata:
+                    await context.send_initial_metadata(answer.metadata)
+                return answer.body
+            return handle
+
+        def stream(method: str) -> _StreamHandler:
+            async def handle(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+                             ) -> AsyncIterator[bytes]:
+                try:
+                    messages = await verifier.open_stream(
+                        method, raw, authorization=_authorization(context), peer=context.peer())
+                    async for message in messages:
+                        yield message
+                except ApiError as exc:
+                    await context.abort(_status(exc), exc.detail)
+            return handle
+
+        handlers = {name: grpc.unary_unary_rpc_method_handler(unary(name))
+                    for name in verifier.unary}
+        handlers |= {name: grpc.unary_stream_rpc_method_handler(stream(name))
+                     for name in verifier.streams}
+        return grpc.method_handlers_generic_handler(VERIFIER_SERVICE, handlers)
+
+
+def _authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str | None:
+    """The `authorization` metadata of a call (the first, if sent twice)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            return value
+    return None
+
+
+def _status(error: ApiError) -> grpc.StatusCode:
+    return grpc.StatusCode[GRPC_STATUS.get(error.code, "INTERNAL")]

@@ -1,5 +1,6 @@
 """The gateway process: the ledger, the ingest core, and the transports that feed it (the gRPC
-server, the MQTT shared subscription, or both)."""
+server, the MQTT shared subscription, or both); the transparency log, and the verifier API that
+serves it, the blocks and the reports (HTTP, and gRPC on the ingest server)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ from gateway.metrics import GatewaySnapshot, status_document
 from gateway.metrics import render as render_metrics
 from gateway.mqtt_ingest import MqttIngest
 from gateway.sink import TimeSeriesSink
+from gateway.tokens import MIN_TOKEN_CHARS, Tokens, TokenScope, token_digest
 from gateway.translog.log import TransparencyLog
 from gateway.tsdb import InfluxWriter
+from gateway.verifier_api import VerifierHttpServer, VerifierService
+from gateway.verifier_grpc import VerifierRpc
 from proto.credentials import BrokerCredentials, read_secret
 from proto.errors import KeyFileError, UnacceptableKeyError
 from proto.http_endpoint import HttpEndpoint, Response
@@ -45,12 +49,24 @@ class GatewayRuntime:
         self.ledger = open_ledger(config.ledger_location(),
                                   quarantine_max_rows=section.ledger.quarantine_max_rows)
         self.core = IngestCore(ledger=self.ledger)
+        self.log = TransparencyLog(ledger=self.ledger, origin=config.log_origin(),
+                                   signing_key=_log_signing_key(config),
+                                   checkpoint_interval_s=section.log.checkpoint_interval_s)
+        self.verifier: VerifierService | None = None
+        self.verifier_http: VerifierHttpServer | None = None
+        if section.verifier_api is not None:
+            self.verifier = VerifierService(ledger=self.ledger, log=self.log,
+                                            tokens=_verifier_tokens(config),
+                                            gateway_id=section.gateway.id)
+            self.verifier_http = VerifierHttpServer(service=self.verifier,
+                                                    address=section.verifier_api.listen)
         self.grpc: GrpcIngestServer | None = None
         if section.listen.grpc is not None:
             self.grpc = GrpcIngestServer(
                 core=self.core, address=section.listen.grpc,
                 max_message_bytes=section.limits.max_message_bytes,
                 max_blocks_per_batch=section.limits.max_blocks_per_batch,
+                verifier=None if self.verifier is None else VerifierRpc(service=self.verifier),
             )
         self.mqtt: MqttIngest | None = None
         if section.mqtt is not None:
@@ -64,9 +80,6 @@ class GatewayRuntime:
         self.sink = _timeseries_sink(config, self.ledger)
         if self.sink is not None:
             self.core.on_stored.append(self.sink.notify)
-        self.log = TransparencyLog(ledger=self.ledger, origin=config.log_origin(),
-                                   signing_key=_log_signing_key(config),
-                                   checkpoint_interval_s=section.log.checkpoint_interval_s)
         self.core.on_stored.append(self.log.notify)
         self.core.receipts = self.log.receipt
         self._log_task: asyncio.Task[None] | None = None
@@ -108,6 +121,10 @@ class GatewayRuntime:
         if self.accountant is not None:
             self._accountant_task = asyncio.create_task(self.accountant.run(), name="accountant")
             self._accountant_task.add_done_callback(_report_crash)
+        if self.verifier_http is not None:
+            await self.verifier_http.start()
+            if self.grpc is None:
+                log.info("verifier API: HTTP only (listen.grpc is null, so no gRPC Verifier)")
         if self.http is not None:
             self.http.start(asyncio.get_running_loop())
         return port
@@ -120,7 +137,10 @@ class GatewayRuntime:
                                           core=self.core, sink_lag_blocks=self._sink_lag())
 
     async def _metrics(self) -> Response:
-        return Response(200, METRICS_CONTENT_TYPE, render_metrics(await self._snapshot(), self.core))
+        text = render_metrics(await self._snapshot(), self.core)
+        if self.verifier is not None:
+            text += self.verifier.metrics_text().encode()
+        return Response(200, METRICS_CONTENT_TYPE, text)
 
     async def _status(self) -> Response:
         document = status_document(await self._snapshot(), self.core)
@@ -151,6 +171,8 @@ class GatewayRuntime:
         """Stop the transports and close the ledger."""
         if self.http is not None:
             self.http.stop()
+        if self.verifier_http is not None:
+            await self.verifier_http.stop()
         if self._mqtt_task is not None:
             self._mqtt_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -226,6 +248,35 @@ def _log_signing_key(config: LoadedGatewayConfig) -> nacl.signing.SigningKey:
         return load_signing_key(path)
     except KeyFileError as exc:
         raise ConfigError(str(config.source), "log.key_file", str(exc)) from exc
+
+
+def _verifier_tokens(config: LoadedGatewayConfig) -> Tokens:
+    """The verifier API's tokens by digest; a token file is read (and checked) now."""
+    section = config.config.verifier_api
+    assert section is not None
+    entries: list[tuple[bytes, TokenScope]] = []
+    for number, token in enumerate(section.tokens):
+        if token.sha256 is not None:
+            digest = bytes.fromhex(token.sha256)
+        else:
+            assert token.token_file is not None
+            field = f"verifier_api.tokens.{number}.token_file"
+            path = config.resolve(token.token_file)
+            try:
+                text = read_secret(path)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(str(config.source), field,
+                                  f"cannot read a token from {path}: {exc}") from exc
+            if len(text) < MIN_TOKEN_CHARS:
+                raise ConfigError(str(config.source), field,
+                                  f"the token in {path} is shorter than {MIN_TOKEN_CHARS} "
+                                  "characters: make one with `stackline gateway token`")
+            digest = token_digest(text)
+        if any(digest == known for known, _ in entries):
+            raise ConfigError(str(config.source), f"verifier_api.tokens.{number}",
+                              "the same token as an earlier entry: one token has one set of plants")
+        entries.append((digest, TokenScope(token.name, frozenset(token.plants))))
+    return Tokens(entries)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -359,7 +359,7 @@ def parse_verifier_key(text: str) -> tuple[str, bytes]:
     _check_name(name)
     try:
         raw = base64.b64decode(encoded, validate=True)
-    except binascii.Error as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: characters outside ASCII
         raise CheckpointError(f"verifier key of {name!r}: the key is not base64") from exc
     if len(raw) != 1 + HASH_SIZE or raw[:1] != _ED25519_TYPE:
         raise CheckpointError(f"verifier key of {name!r}: not an Ed25519 key (type 0x01, 32 bytes)")
@@ -399,7 +399,7 @@ def open_note(note: str, *, name: str, public_key: bytes) -> str:
         signer, _, encoded = line[len(prefix):].partition(" ")
         try:
             blob = base64.b64decode(encoded, validate=True)
-        except binascii.Error as exc:
+        except (binascii.Error, ValueError) as exc:  # ValueError: characters outside ASCII
             raise CheckpointError(f"signature of {signer[:_SHOWN]!r} is not base64") from exc
         if len(blob) < 5:
             raise CheckpointError(f"signature of {signer[:_SHOWN]!r} is too short")
@@ -449,7 +449,7 @@ def _checkpoint_from_text(text: str) -> Checkpoint:
         raise CheckpointError(f"a checkpoint's size {size_text[:_SHOWN]} is above 2^64 - 1")
     try:
         root = base64.b64decode(root_text, validate=True)
-    except binascii.Error as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: characters outside ASCII
         raise CheckpointError("a checkpoint's root hash is not base64") from exc
     if len(root) != HASH_SIZE:
         raise CheckpointError(f"a checkpoint's root hash is {len(root)} bytes, not {HASH_SIZE}")

@@ -156,3 +156,18 @@ def test_a_verifier_key_whose_base64_holds_a_plus_sign_round_trips() -> None:
     else:
         pytest.fail("no key with a '+' in its base64 among 256 seeds")
     assert parse_verifier_key(text) == (ORIGIN, bytes(key.verify_key))
+
+
+def test_characters_outside_ascii_where_base64_belongs_are_a_checkpoint_error(
+        key: nacl.signing.SigningKey) -> None:
+    """base64 decoding raises ValueError, not binascii.Error, for non-ASCII text: each place
+    that decodes base64 must still answer CheckpointError (a note from the network)."""
+    with pytest.raises(CheckpointError, match="not base64"):
+        parse_verifier_key("a+00000000+é")
+    note = Checkpoint(ORIGIN, 1, bytes(32)).sign(name=ORIGIN, signing_key=key)
+    with pytest.raises(CheckpointError, match="not base64"):
+        open_note(note.replace(note.rsplit(" ", 1)[1], "é\n"), name=ORIGIN,
+                  public_key=bytes(key.verify_key))
+    forged_root = sign_note(f"{ORIGIN}\n1\né\n", name=ORIGIN, signing_key=key)
+    with pytest.raises(CheckpointError, match="not base64"):
+        parse_checkpoint(forged_root, name=ORIGIN, public_key=bytes(key.verify_key))

@@ -63,6 +63,7 @@ __all__ = [
     "bundled_methodologies",
     "load_methodology",
     "parse_methodology",
+    "read_methodology",
 ]
 
 BUNDLED_PACKAGE = "gateway.accounting"
@@ -287,6 +288,13 @@ def load_methodology(name_or_path: str | Path) -> Methodology:
     must match its file name (without the suffix), so a copy edited into a new methodology gets a new
     name as well as a new digest.
     """
+    return read_methodology(name_or_path)[1]
+
+
+def read_methodology(name_or_path: str | Path) -> tuple[bytes, Methodology]:
+    """The bytes of a methodology file (bundled, by name; or by path, as `load_methodology` takes
+    it) and the methodology they hold: what an evidence bundle carries, so that a verifier can
+    check the digest a report cites and recompute with the very same file."""
     if isinstance(name_or_path, str) and not re.search(r"[/\\]|\.ya?ml$", name_or_path):
         name = name_or_path
         if not re.match(_NAME_PATTERN, name):
@@ -296,11 +304,13 @@ def load_methodology(name_or_path: str | Path) -> Methodology:
         if not resource.is_file():
             raise MethodologyError(f"no bundled methodology {name!r} (bundled: "
                                    f"{', '.join(bundled_methodologies())})")
-        return parse_methodology(resource.read_text(encoding="utf-8"), source=str(resource),
-                                 expected_name=name)
+        data = resource.read_bytes()
+        return data, parse_methodology(data.decode("utf-8"), source=str(resource),
+                                       expected_name=name)
     path = Path(name_or_path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise MethodologyFileError(str(path), "", f"cannot read the file: {exc.strerror}") from exc
-    return parse_methodology(text, source=str(path), expected_name=path.name.rsplit(".", 1)[0])
+    return data, parse_methodology(data.decode("utf-8"), source=str(path),
+                                   expected_name=path.name.rsplit(".", 1)[0])

@@ -8,20 +8,29 @@ the period, with their hashes for provenance.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from gateway.accounting.unit import AccountingError, BlockInput, UnitConfig, unit_config_from_document
-from gateway.ledger.base import Ledger
+from gateway.ledger.base import StoredRow
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import decode_block
 
-__all__ = ["UnitData", "load_unit_data"]
+__all__ = ["MARGIN_MS", "BlockReader", "UnitData", "load_unit_data", "unit_collectors"]
 
 MARGIN_MS = 3_600_000  # blocks this far outside the period are read too: a slow poll's reading
+
+
+class BlockReader(Protocol):
+    """What the accounting reads: stored blocks by collector and sequence. A `Ledger` is one; an
+    evidence bundle's blocks are another (gateway/bundle_verify.py recomputes a report from them)."""
+
+    def iter_blocks(self, collector_id: str | None = None) -> AsyncIterator[StoredRow]:
+        """Every stored block (or one collector's), by collector and sequence."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +57,22 @@ def _has_unit(document: Mapping[str, Any], unit_id: str, plant_id: str | None) -
     return unit_id in units and (plant_id is None or plant == plant_id)
 
 
-async def load_unit_data(ledger: Ledger, *, unit_id: str, start: date, end: date,
+async def unit_collectors(ledger: BlockReader, *, unit_id: str,
+                          plant_id: str | None = None) -> dict[str, str]:
+    """Collector id -> plant id of every collector one of whose configurations accounts for
+    `unit_id` (of `plant_id`, when given): the collectors `load_unit_data` reads."""
+    found: dict[str, str] = {}
+    async for row in ledger.iter_blocks():
+        block = decode_block(row.payload)
+        if block.kind != pb.BLOCK_KIND_CONFIG:
+            continue
+        document = _documents(block.config_document)
+        if document is not None and _has_unit(document, unit_id, plant_id):
+            found[row.collector_id] = str((document.get("plant") or {}).get("id"))
+    return found
+
+
+async def load_unit_data(ledger: BlockReader, *, unit_id: str, start: date, end: date,
                          plant_id: str | None = None) -> UnitData:
     """The blocks of every collector whose configuration accounts for `unit_id`, in the period
     (local days [start, end) of the plant's zone); AccountingError when no configuration in the

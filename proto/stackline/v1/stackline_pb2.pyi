@@ -778,12 +778,15 @@ class CheckpointResponse(_message.Message):
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     ROOT_HASH_FIELD_NUMBER: _builtins.int
     VERIFIER_KEY_FIELD_NUMBER: _builtins.int
+    PUBLISHED_UNIX_MS_FIELD_NUMBER: _builtins.int
     note: _builtins.str
     """C2SP signed checkpoint note"""
     tree_size: _builtins.int
     root_hash: _builtins.bytes
     verifier_key: _builtins.str
     """the log's C2SP verifier key"""
+    published_unix_ms: _builtins.int
+    """when the gateway signed it"""
     def __init__(
         self,
         *,
@@ -791,14 +794,64 @@ class CheckpointResponse(_message.Message):
         tree_size: _builtins.int = ...,
         root_hash: _builtins.bytes = ...,
         verifier_key: _builtins.str = ...,
+        published_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "root_hash", b"root_hash", "tree_size", b"tree_size", "verifier_key", b"verifier_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "published_unix_ms", b"published_unix_ms", "root_hash", b"root_hash", "tree_size", b"tree_size", "verifier_key", b"verifier_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckpointResponse: _TypeAlias = CheckpointResponse  # noqa: Y015
+
+@_typing.final
+class LogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogRequest: _TypeAlias = LogRequest  # noqa: Y015
+
+@_typing.final
+class LogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    VERIFIER_KEY_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    """the log's name, the first line of its checkpoints"""
+    verifier_key: _builtins.str
+    """the log's C2SP verifier key: pin it out of band"""
+    tree_size: _builtins.int
+    """leaves integrated so far"""
+    @_builtins.property
+    def checkpoint(self) -> Global___CheckpointResponse:
+        """the latest published; unset before the first"""
+
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        verifier_key: _builtins.str = ...,
+        tree_size: _builtins.int = ...,
+        checkpoint: Global___CheckpointResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "origin", b"origin", "tree_size", b"tree_size", "verifier_key", b"verifier_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogResponse: _TypeAlias = LogResponse  # noqa: Y015
 
 @_typing.final
 class InclusionProofRequest(_message.Message):
@@ -832,24 +885,69 @@ class InclusionProofResponse(_message.Message):
     LEAF_INDEX_FIELD_NUMBER: _builtins.int
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     HASHES_FIELD_NUMBER: _builtins.int
+    COLLECTOR_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     leaf_index: _builtins.int
     tree_size: _builtins.int
+    collector_id: _builtins.str
+    """the block whose leaf this is"""
+    sequence: _builtins.int
     @_builtins.property
-    def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 audit path, bottom-up, to the tree's root"""
+
     def __init__(
         self,
         *,
         leaf_index: _builtins.int = ...,
         tree_size: _builtins.int = ...,
         hashes: _abc.Iterable[_builtins.bytes] | None = ...,
+        collector_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes", "leaf_index", b"leaf_index", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_id", b"collector_id", "hashes", b"hashes", "leaf_index", b"leaf_index", "sequence", b"sequence", "tree_size", b"tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InclusionProofResponse: _TypeAlias = InclusionProofResponse  # noqa: Y015
+
+@_typing.final
+class InclusionProofsRequest(_message.Message):
+    """The inclusion proofs of a collector's blocks in [from, to] that are in the tree of tree_size;
+    0 leaves a sequence bound open.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTOR_ID_FIELD_NUMBER: _builtins.int
+    FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
+    TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    collector_id: _builtins.str
+    from_sequence: _builtins.int
+    to_sequence: _builtins.int
+    """inclusive"""
+    tree_size: _builtins.int
+    """required: take it from a checkpoint you checked"""
+    def __init__(
+        self,
+        *,
+        collector_id: _builtins.str = ...,
+        from_sequence: _builtins.int = ...,
+        to_sequence: _builtins.int = ...,
+        tree_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tree_size", b"_tree_size", "tree_size", b"tree_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tree_size", b"_tree_size", "collector_id", b"collector_id", "from_sequence", b"from_sequence", "to_sequence", b"to_sequence", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__tree_size: _TypeAlias = _typing.Literal["tree_size"]  # noqa: Y015
+    _WhichOneofArgType__tree_size: _TypeAlias = _typing.Literal["_tree_size", b"_tree_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tree_size) -> _WhichOneofReturnType__tree_size | None: ...
+
+Global___InclusionProofsRequest: _TypeAlias = InclusionProofsRequest  # noqa: Y015
 
 @_typing.final
 class ConsistencyProofRequest(_message.Message):
@@ -878,16 +976,23 @@ class ConsistencyProofResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HASHES_FIELD_NUMBER: _builtins.int
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    NEW_SIZE_FIELD_NUMBER: _builtins.int
+    old_size: _builtins.int
+    """as asked"""
+    new_size: _builtins.int
     @_builtins.property
     def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
         self,
         *,
         hashes: _abc.Iterable[_builtins.bytes] | None = ...,
+        old_size: _builtins.int = ...,
+        new_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes", "new_size", b"new_size", "old_size", b"old_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -942,6 +1047,50 @@ class ReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportResponse: _TypeAlias = ReportResponse  # noqa: Y015
+
+@_typing.final
+class UnitCollectorsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLANT_ID_FIELD_NUMBER: _builtins.int
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    plant_id: _builtins.str
+    unit_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        plant_id: _builtins.str = ...,
+        unit_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plant_id", b"plant_id", "unit_id", b"unit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnitCollectorsRequest: _TypeAlias = UnitCollectorsRequest  # noqa: Y015
+
+@_typing.final
+class UnitCollectorsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTOR_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def collector_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """whose configuration blocks account for the unit, by id"""
+
+    def __init__(
+        self,
+        *,
+        collector_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_ids", b"collector_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnitCollectorsResponse: _TypeAlias = UnitCollectorsResponse  # noqa: Y015
 
 @_typing.final
 class MethodologyRequest(_message.Message):

@@ -141,6 +141,21 @@ class VerifierStub:
                 request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyRequest.SerializeToString,
                 response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyResponse.FromString,
                 _registered_method=True)
+        self.GetLog = channel.unary_unary(
+                '/stackline.v1.Verifier/GetLog',
+                request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.LogRequest.SerializeToString,
+                response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.LogResponse.FromString,
+                _registered_method=True)
+        self.StreamInclusionProofs = channel.unary_stream(
+                '/stackline.v1.Verifier/StreamInclusionProofs',
+                request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofsRequest.SerializeToString,
+                response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofResponse.FromString,
+                _registered_method=True)
+        self.ListUnitCollectors = channel.unary_unary(
+                '/stackline.v1.Verifier/ListUnitCollectors',
+                request_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.UnitCollectorsRequest.SerializeToString,
+                response_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.UnitCollectorsResponse.FromString,
+                _registered_method=True)
 
 
 class VerifierServicer:
@@ -188,6 +203,24 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamInclusionProofs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUnitCollectors(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +258,21 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.GetMethodology,
                     request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyRequest.FromString,
                     response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyResponse.SerializeToString,
+            ),
+            'GetLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLog,
+                    request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.LogRequest.FromString,
+                    response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.LogResponse.SerializeToString,
+            ),
+            'StreamInclusionProofs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamInclusionProofs,
+                    request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofsRequest.FromString,
+                    response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofResponse.SerializeToString,
+            ),
+            'ListUnitCollectors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnitCollectors,
+                    request_deserializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.UnitCollectorsRequest.FromString,
+                    response_serializer=proto_dot_stackline_dot_v1_dot_stackline__pb2.UnitCollectorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +464,87 @@ class Verifier:
             '/stackline.v1.Verifier/GetMethodology',
             proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyRequest.SerializeToString,
             proto_dot_stackline_dot_v1_dot_stackline__pb2.MethodologyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackline.v1.Verifier/GetLog',
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.LogRequest.SerializeToString,
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.LogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamInclusionProofs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stackline.v1.Verifier/StreamInclusionProofs',
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofsRequest.SerializeToString,
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.InclusionProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnitCollectors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackline.v1.Verifier/ListUnitCollectors',
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.UnitCollectorsRequest.SerializeToString,
+            proto_dot_stackline_dot_v1_dot_stackline__pb2.UnitCollectorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

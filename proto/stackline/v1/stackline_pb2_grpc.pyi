@@ -68,6 +68,9 @@ class VerifierStub:
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.ConsistencyProofRequest, _stackline_pb2.ConsistencyProofResponse]
     GetReport: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.ReportRequest, _stackline_pb2.ReportResponse]
     GetMethodology: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.MethodologyRequest, _stackline_pb2.MethodologyResponse]
+    GetLog: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.LogRequest, _stackline_pb2.LogResponse]
+    StreamInclusionProofs: _grpc.UnaryStreamMultiCallable[_stackline_pb2.InclusionProofsRequest, _stackline_pb2.InclusionProofResponse]
+    ListUnitCollectors: _grpc.UnaryUnaryMultiCallable[_stackline_pb2.UnitCollectorsRequest, _stackline_pb2.UnitCollectorsResponse]
 
 @_typing.type_check_only
 class VerifierAsyncStub(VerifierStub):
@@ -79,6 +82,9 @@ class VerifierAsyncStub(VerifierStub):
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_stackline_pb2.ConsistencyProofRequest, _stackline_pb2.ConsistencyProofResponse]  # type: ignore[assignment]
     GetReport: _aio.UnaryUnaryMultiCallable[_stackline_pb2.ReportRequest, _stackline_pb2.ReportResponse]  # type: ignore[assignment]
     GetMethodology: _aio.UnaryUnaryMultiCallable[_stackline_pb2.MethodologyRequest, _stackline_pb2.MethodologyResponse]  # type: ignore[assignment]
+    GetLog: _aio.UnaryUnaryMultiCallable[_stackline_pb2.LogRequest, _stackline_pb2.LogResponse]  # type: ignore[assignment]
+    StreamInclusionProofs: _aio.UnaryStreamMultiCallable[_stackline_pb2.InclusionProofsRequest, _stackline_pb2.InclusionProofResponse]  # type: ignore[assignment]
+    ListUnitCollectors: _aio.UnaryUnaryMultiCallable[_stackline_pb2.UnitCollectorsRequest, _stackline_pb2.UnitCollectorsResponse]  # type: ignore[assignment]
 
 class VerifierServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -129,5 +135,26 @@ class VerifierServicer(metaclass=_abc_1.ABCMeta):
         request: _stackline_pb2.MethodologyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_stackline_pb2.MethodologyResponse, _abc.Awaitable[_stackline_pb2.MethodologyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetLog(
+        self,
+        request: _stackline_pb2.LogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackline_pb2.LogResponse, _abc.Awaitable[_stackline_pb2.LogResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StreamInclusionProofs(
+        self,
+        request: _stackline_pb2.InclusionProofsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_stackline_pb2.InclusionProofResponse], _abc.AsyncIterator[_stackline_pb2.InclusionProofResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListUnitCollectors(
+        self,
+        request: _stackline_pb2.UnitCollectorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackline_pb2.UnitCollectorsResponse, _abc.Awaitable[_stackline_pb2.UnitCollectorsResponse]]: ...
 
 def add_VerifierServicer_to_server(servicer: VerifierServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,907 @@
+"""Evidence bundles (`stackline.bundle/v1`): one zip file holding everything a verifier needs to
+check a unit's reported figures offline, and `stackline export`, which writes one.
+
+Layout (docs/verifying.md describes every file and field)::
+
+    manifest.json               format id, period, what is where, per collector the sequence
+                                ranges included, SHA-256 and size of every other file
+    collectors.json             the collectors feeding the unit: plant, chain head, public keys
+    blocks/<collector>.ndjson   signed blocks, one JSON object a line, in sequence order
+    proofs/<collector>.ndjson   an RFC 9162 inclusion proof for every block, to the checkpoint
+    log/checkpoint.json         a fresh signed checkpoint, and the log's previous one with the
+                                consistency proof between them
+    report/report.json          the gateway's report, byte for byte as it was signed
+    report/signature.json       the report's signature by the log key
+    methodology/<name>.yaml     the methodology file the report cites
+
+The writer takes a `BundleSource`: the gateway's verifier API over HTTP
+(`gateway.bundle_http.GatewayClient`), or a ledger and its transparency log in this process
+(`LedgerSource`, for tests and tools that hold the ledger). Blocks stream through a temporary
+spool file into the zip; nothing holds a period's blocks in memory.
+
+Which blocks: for every collector feeding the unit, every block from the first to the last
+readings block whose window touches the period widened by the accounting's margin (what
+`gateway.accounting.source.load_unit_data` reads), contiguous, and the CONFIG blocks in force
+for them (searched back along the chain when they precede the period).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import nacl.exceptions
+import nacl.signing
+
+from gateway.accounting.methodology import load_methodology, read_methodology
+from gateway.accounting.render import render_json
+from gateway.accounting.source import MARGIN_MS, load_unit_data, unit_collectors
+from gateway.accounting.unit import account_unit
+from gateway.errors import GatewayError
+from gateway.ledger.base import Ledger
+from gateway.translog.log import InclusionProof, TransparencyLog
+from proto.errors import VerificationError
+from proto.stackline.v1 import stackline_pb2 as pb
+from proto.wire import decode_block
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "REPORT_SIGNATURE_CONTEXT",
+    "BlockLine",
+    "BundleFormatError",
+    "BundleSource",
+    "CheckpointInfo",
+    "CollectorInfo",
+    "CollectorKeyInfo",
+    "ExportError",
+    "ExportSummary",
+    "LedgerSource",
+    "LogState",
+    "MethodologyFile",
+    "SignedReport",
+    "SourceNotFoundError",
+    "export_bundle",
+    "parse_base64",
+    "parse_inclusion_proof",
+    "period_bounds_ms",
+    "sign_report",
+    "verify_report_signature",
+]
+
+BUNDLE_FORMAT = "stackline.bundle/v1"
+REPORT_SIGNATURE_CONTEXT = b"stackline/v1/report\x00"
+"""Ed25519 over this prefix + the report's bytes: the report signature rule."""
+
+MANIFEST = "manifest.json"
+COLLECTORS_FILE = "collectors.json"
+CHECKPOINT_FILE = "log/checkpoint.json"
+REPORT_FILE = "report/report.json"
+REPORT_SIGNATURE_FILE = "report/signature.json"
+
+WINDOW_PAD_MS = 3_600_000
+"""Blocks are asked for by window start from this much before the widened period, so a block
+whose window starts earlier and reaches into it is found (windows are one tick long)."""
+CONFIG_SEARCH_FIRST = 4096
+CONFIG_SEARCH_MAX = 1 << 20
+PROGRESS_EVERY = 20_000
+HASH_BYTES = 32
+
+Progress = Callable[[str], None]
+
+
+class BundleFormatError(GatewayError):
+    """A document of the verifier API or of a bundle that is not what its format says."""
+
+
+class ExportError(GatewayError):
+    """An export that cannot be completed; the message says why and what to do."""
+
+
+class SourceNotFoundError(ExportError):
+    """The source has no such thing (the API's 404): a plant without that unit, say."""
+
+
+# --- small JSON readers: every field named when it is wrong ---------------------------------------
+
+
+def _obj(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BundleFormatError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _int(obj: Mapping[str, Any], key: str, what: str) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BundleFormatError(f"{what}: {key!r} must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def _opt_int(obj: Mapping[str, Any], key: str, what: str) -> int | None:
+    return None if obj.get(key) is None else _int(obj, key, what)
+
+
+def _str(obj: Mapping[str, Any], key: str, what: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise BundleFormatError(f"{what}: {key!r} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _b64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise BundleFormatError(f"{what}: expected base64 text, not {text!r}")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise BundleFormatError(f"{what}: not base64") from exc
+
+
+def parse_base64(value: object, what: str) -> bytes:
+    """Standard base64 (with padding) as the API and bundles write bytes; BundleFormatError."""
+    return _b64(value, what)
+
+
+def _b64text(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _hashes(value: object, what: str) -> tuple[bytes, ...]:
+    if not isinstance(value, list):
+        raise BundleFormatError(f"{what}: 'hashes' must be a list of base64 hashes")
+    return tuple(_b64(item, f"{what} hash {index}") for index, item in enumerate(value))
+
+
+# --- the documents of the verifier API, as value objects -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """A published checkpoint: the signed note and, unverified, what it says."""
+
+    note: str
+    tree_size: int
+    root_hash: bytes
+    published_unix_ms: int
+    verifier_key: str
+
+    def as_json(self) -> dict[str, Any]:
+        """As `GET /v1/checkpoint` answers."""
+        return {"note": self.note, "tree_size": self.tree_size, "root_hash": _b64text(self.root_hash),
+                "published_unix_ms": self.published_unix_ms, "verifier_key": self.verifier_key}
+
+    @classmethod
+    def from_json(cls, value: object, what: str = "checkpoint") -> CheckpointInfo:
+        """From the API's (or a bundle's) JSON; BundleFormatError naming the field."""
+        obj = _obj(value, what)
+        return cls(_str(obj, "note", what), _int(obj, "tree_size", what),
+                   _b64(obj.get("root_hash"), f"{what} root_hash"),
+                   _int(obj, "published_unix_ms", what), _str(obj, "verifier_key", what))
+
+
+@dataclass(frozen=True, slots=True)
+class LogState:
+    """`GET /v1/log`: the log's name and key, its size, its latest checkpoint."""
+
+    origin: str
+    verifier_key: str
+    tree_size: int
+    checkpoint: CheckpointInfo | None
+
+    @classmethod
+    def from_json(cls, value: object) -> LogState:
+        """From the API's JSON."""
+        obj = _obj(value, "log")
+        latest = obj.get("checkpoint")
+        return cls(_str(obj, "origin", "log"), _str(obj, "verifier_key", "log"),
+                   _int(obj, "tree_size", "log"),
+                   None if latest is None else CheckpointInfo.from_json(latest, "log checkpoint"))
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorKeyInfo:
+    """An enrolled public key of a collector."""
+
+    key_id: str
+    public_key: bytes
+    enrolled_unix_ms: int
+
+    def as_json(self) -> dict[str, Any]:
+        """As `GET /v1/collectors` answers."""
+        return {"key_id": self.key_id, "public_key": _b64text(self.public_key),
+                "enrolled_unix_ms": self.enrolled_unix_ms}
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorInfo:
+    """A collector the gateway knows: its plant, chain head and keys."""
+
+    collector_id: str
+    plant_id: str | None
+    chain_head: int
+    keys: tuple[CollectorKeyInfo, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        """As `GET /v1/collectors` answers."""
+        return {"collector_id": self.collector_id, "plant_id": self.plant_id,
+                "chain_head": self.chain_head, "keys": [k.as_json() for k in self.keys]}
+
+    @classmethod
+    def from_json(cls, value: object) -> CollectorInfo:
+        """From the API's (or a bundle's) JSON."""
+        obj = _obj(value, "collector")
+        collector_id = _str(obj, "collector_id", "collector")
+        what = f"collector {collector_id}"
+        head = obj.get("chain_head")
+        # the head as a sequence number, or an object that carries one
+        head_sequence = _int(_obj(head, what), "sequence", f"{what} chain_head") if isinstance(
+            head, dict) else _int(obj, "chain_head", what)
+        plant = obj.get("plant_id")
+        if plant is not None and not isinstance(plant, str):
+            raise BundleFormatError(f"{what}: 'plant_id' must be a string or null")
+        raw_keys = obj.get("keys")
+        if not isinstance(raw_keys, list):
+            raise BundleFormatError(f"{what}: 'keys' must be a list")
+        keys = []
+        for index, item in enumerate(raw_keys):
+            key = _obj(item, f"{what} key {index}")
+            keys.append(CollectorKeyInfo(_str(key, "key_id", f"{what} key {index}"),
+                                         _b64(key.get("public_key"), f"{what} key {index} public_key"),
+                                         _int(key, "enrolled_unix_ms", f"{what} key {index}")))
+        return cls(collector_id, plant, head_sequence, tuple(keys))
+
+
+@dataclass(frozen=True, slots=True)
+class BlockLine:
+    """One signed block as the API streams it and a bundle keeps it (one ndjson line)."""
+
+    sequence: int
+    leaf_index: int | None
+    payload: bytes
+    signature: bytes
+    key_id: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The line's object."""
+        return {"sequence": self.sequence, "leaf_index": self.leaf_index,
+                "payload": _b64text(self.payload), "signature": _b64text(self.signature),
+                "key_id": self.key_id}
+
+    def line(self) -> bytes:
+        """The ndjson line, newline-terminated."""
+        return json.dumps(self.as_json(), separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, value: object, what: str = "block") -> BlockLine:
+        """From one parsed line; BundleFormatError naming the field."""
+        obj = _obj(value, what)
+        return cls(_int(obj, "sequence", what), _opt_int(obj, "leaf_index", what),
+                   _b64(obj.get("payload"), f"{what} payload"),
+                   _b64(obj.get("signature"), f"{what} signature"), _str(obj, "key_id", what))
+
+
+def parse_inclusion_proof(value: object, what: str = "proof") -> InclusionProof:
+    """An inclusion proof from its JSON (`InclusionProof.as_json`); BundleFormatError otherwise."""
+    obj = _obj(value, what)
+    return InclusionProof(_str(obj, "collector_id", what), _int(obj, "sequence", what),
+                          _int(obj, "leaf_index", what), _int(obj, "tree_size", what),
+                          _hashes(obj.get("hashes"), what))
+
+
+@dataclass(frozen=True, slots=True)
+class SignedReport:
+    """The gateway's report: its exact bytes, the signature over them, and the signing log key."""
+
+    body: bytes
+    signature: bytes
+    log_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class MethodologyFile:
+    """A methodology file's bytes, its name and the digest the gateway gives for it."""
+
+    name: str
+    data: bytes
+    digest: str
+
+
+def sign_report(body: bytes, signing_key: nacl.signing.SigningKey) -> bytes:
+    """The report signature: Ed25519 over REPORT_SIGNATURE_CONTEXT + body."""
+    return bytes(signing_key.sign(REPORT_SIGNATURE_CONTEXT + body).signature)
+
+
+def verify_report_signature(body: bytes, signature: bytes, public_key: bytes) -> bool:
+    """True when `signature` is the log key's report signature over `body` (libsodium's rule)."""
+    try:
+        nacl.signing.VerifyKey(public_key).verify(REPORT_SIGNATURE_CONTEXT + body, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
+        return False
+    return True
+
+
+def period_bounds_ms(start: date, end: date, timezone: str) -> tuple[int, int]:
+    """UTC ms of local midnight of `start` and of `end` in the plant's zone."""
+    try:
+        tz = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise BundleFormatError(f"time zone {timezone!r} is not known") from exc
+    first = datetime(start.year, start.month, start.day, tzinfo=tz)
+    last = datetime(end.year, end.month, end.day, tzinfo=tz)
+    return int(first.timestamp() * 1000), int(last.timestamp() * 1000)
+
+
+# --- where a bundle's contents come from ------------------------------------------------------------
+
+
+class BundleSource(Protocol):
+    """The verifier API's answers that a bundle is made of (see docs/verifying.md)."""
+
+    description: str
+    """Where the data comes from, for the manifest (e.g. `gateway https://...`)."""
+
+    async def log_state(self) -> LogState:
+        """`GET /v1/log`."""
+        ...
+
+    async def publish_checkpoint(self) -> CheckpointInfo:
+        """`POST /v1/checkpoint`: a checkpoint of the whole log, now."""
+        ...
+
+    async def consistency(self, old_size: int, new_size: int) -> tuple[bytes, ...]:
+        """`GET /v1/proofs/consistency`."""
+        ...
+
+    async def collectors(self) -> list[CollectorInfo]:
+        """`GET /v1/collectors`."""
+        ...
+
+    async def unit_collectors(self, plant_id: str, unit_id: str) -> list[str]:
+        """`GET /v1/plants/{plant}/units/{unit}/collectors`."""
+        ...
+
+    def blocks(self, collector_id: str, *, from_sequence: int | None = None,
+               to_sequence: int | None = None, from_unix_ms: int | None = None,
+               to_unix_ms: int | None = None) -> AsyncIterator[BlockLine]:
+        """`GET /v1/collectors/{id}/blocks`: sequence bounds inclusive, window start in [from, to)."""
+        ...
+
+    def proofs(self, collector_id: str, *, from_sequence: int, to_sequence: int,
+               tree_size: int) -> AsyncIterator[InclusionProof]:
+        """`GET /v1/collectors/{id}/proofs`."""
+        ...
+
+    async def report(self, plant_id: str, unit_id: str, start: date, end: date) -> SignedReport:
+        """`GET /v1/plants/{plant}/units/{unit}/report`."""
+        ...
+
+    async def methodology(self, name: str) -> MethodologyFile:
+        """`GET /v1/methodologies/{id}`."""
+        ...
+
+
+class LedgerSource:
+    """A `BundleSource` over a ledger and its transparency log in this process: the same answers
+    the verifier API gives, without HTTP (tests, and tools that hold the ledger)."""
+
+    PROOF_BATCH = 2000
+
+    def __init__(self, *, ledger: Ledger, log: TransparencyLog, gateway_id: str) -> None:
+        self.ledger = ledger
+        self.log = log
+        self.gateway_id = gateway_id
+        self.description = f"ledger {ledger!r}"
+
+    def __repr__(self) -> str:
+        return f"LedgerSource(ledger={self.ledger!r}, log={self.log!r})"
+
+    def _checkpoint(self, stored: Any) -> CheckpointInfo:
+        return CheckpointInfo(stored.note, stored.tree_size, stored.root_hash,
+                              stored.published_unix_ms, self.log.verifier_key)
+
+    async def log_state(self) -> LogState:
+        """The log's state, as `GET /v1/log` gives it."""
+        latest = await self.ledger.checkpoint()
+        size = await self.log.integrate()
+        return LogState(self.log.origin, self.log.verifier_key, size,
+                        None if latest is None else self._checkpoint(latest))
+
+    async def publish_checkpoint(self) -> CheckpointInfo:
+        """A checkpoint of the whole log, published now."""
+        return self._checkpoint(await self.log.publish())
+
+    async def consistency(self, old_size: int, new_size: int) -> tuple[bytes, ...]:
+        """RFC 9162 consistency proof."""
+        return tuple(await self.log.consistency(old_size, new_size))
+
+    async def collectors(self) -> list[CollectorInfo]:
+        """Every enrolled collector, with the plant its newest configuration names."""
+        keys = await self.ledger.collector_keys()
+        heads = await self.ledger.heads()
+        plants: dict[str, str] = {}
+        async for row in self.ledger.iter_blocks():
+            block = _peek(row.payload)
+            if block is not None and block.kind == pb.BLOCK_KIND_CONFIG:
+                with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                    plant = json.loads(block.config_document).get("plant", {}).get("id")
+                    if isinstance(plant, str):
+                        plants[row.collector_id] = plant
+        return [CollectorInfo(cid, plants.get(cid), heads[cid].sequence if cid in heads else 0,
+                              (CollectorKeyInfo(key.key_id, key.public_key, key.enrolled_unix_ms),))
+                for cid, key in sorted(keys.items())]
+
+    async def unit_collectors(self, plant_id: str, unit_id: str) -> list[str]:
+        """The collectors whose configuration accounts for the unit."""
+        return sorted(await unit_collectors(self.ledger, unit_id=unit_id, plant_id=plant_id))
+
+    async def blocks(self, collector_id: str, *, from_sequence: int | None = None,
+                     to_sequence: int | None = None, from_unix_ms: int | None = None,
+                     to_unix_ms: int | None = None) -> AsyncIterator[BlockLine]:
+        """The collector's stored blocks within the bounds, with their leaf indexes."""
+        batch: list[BlockLine] = []
+        async for row in self.ledger.iter_blocks(collector_id):
+            if from_sequence is not None and row.sequence < from_sequence:
+                continue
+            if to_sequence is not None and row.sequence > to_sequence:
+                break
+            if from_unix_ms is not None or to_unix_ms is not None:
+                block = _peek(row.payload)
+                start = block.window_start_unix_ms if block is not None else 0
+                if (from_unix_ms is not None and start < from_unix_ms) or (
+                        to_unix_ms is not None and start >= to_unix_ms):
+                    continue
+            batch.append(BlockLine(row.sequence, None, row.payload, row.signature, row.key_id))
+            if len(batch) >= self.PROOF_BATCH:
+                for line in await self._with_leaves(collector_id, batch):
+                    yield line
+                batch = []
+        for line in await self._with_leaves(collector_id, batch):
+            yield line
+
+    async def _with_leaves(self, collector_id: str, batch: list[BlockLine]) -> list[BlockLine]:
+        if not batch:
+            return []
+        leaves = await self.ledger.log_leaf_indexes(collector_id, batch[0].sequence,
+                                                    batch[-1].sequence)
+        return [BlockLine(b.sequence, leaves.get(b.sequence), b.payload, b.signature, b.key_id)
+                for b in batch]
+
+    async def proofs(self, collector_id: str, *, from_sequence: int, to_sequence: int,
+                     tree_size: int) -> AsyncIterator[InclusionProof]:
+        """Inclusion proofs of the collector's blocks in the range, to `tree_size`."""
+        first = from_sequence
+        while first <= to_sequence:
+            last = min(to_sequence, first + self.PROOF_BATCH - 1)
+            for proof in await self.log.inclusions(collector_id, first, last, tree_size):
+                yield proof
+            first = last + 1
+
+    async def report(self, plant_id: str, unit_id: str, start: date, end: date) -> SignedReport:
+        """`stackline report --format json` of the unit, signed with the log's key."""
+        data = await load_unit_data(self.ledger, unit_id=unit_id, start=start, end=end,
+                                    plant_id=plant_id)
+        document = account_unit(unit=data.unit, blocks=data.blocks, start=start, end=end,
+                                methodology=load_methodology(data.unit.methodology),
+                                gateway_id=self.gateway_id)
+        body = render_json(document).encode("utf-8")
+        return SignedReport(body, sign_report(body, self.log.signing_key), self.log.verifier_key)
+
+    async def methodology(self, name: str) -> MethodologyFile:
+        """A bundled methodology file by name."""
+        data, methodology = read_methodology(name)
+        return MethodologyFile(methodology.name, data, methodology.digest)
+
+
+def _peek(payload: bytes) -> pb.Block | None:
+    try:
+        return decode_block(payload)
+    except VerificationError:
+        return None
+
+
+# --- the writer ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _CollectorPart:
+    """What the bundle holds of one collector, as it is gathered."""
+
+    collector_id: str
+    first: int = 0
+    last: int = 0
+    configs: list[BlockLine] = field(default_factory=list)
+    blocks: int = 0
+
+    def ranges(self) -> list[list[int]]:
+        """Sequence ranges included, ascending, adjacent ones merged."""
+        spans = [[c.sequence, c.sequence] for c in self.configs]
+        if self.first:
+            spans.append([self.first, self.last])
+        merged: list[list[int]] = []
+        for span in sorted(spans):
+            if merged and span[0] <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], span[1])
+            else:
+                merged.append(span)
+        return merged
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSummary:
+    """What `export_bundle` wrote."""
+
+    path: Path
+    plant_id: str
+    unit_id: str
+    collectors: int
+    blocks: int
+    tree_size: int
+    verifier_key: str
+    sha256: str
+
+
+class _ZipWriter:
+    """Entries written one after the other, each hashed as it streams."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.zip = zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+        self.files: dict[str, dict[str, Any]] = {}
+
+    @contextlib.contextmanager
+    def entry(self, name: str) -> Iterator[Callable[[bytes], None]]:
+        digest = hashlib.sha256()
+        size = 0
+        info = zipfile.ZipInfo(name, date_time=time.gmtime()[:6])
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with self.zip.open(info, "w", force_zip64=True) as out:
+            def write(data: bytes) -> None:
+                nonlocal size
+                out.write(data)
+                digest.update(data)
+                size += len(data)
+            yield write
+        self.files[name] = {"sha256": digest.hexdigest(), "bytes": size}
+
+    def put(self, name: str, data: bytes) -> None:
+        with self.entry(name) as write:
+            write(data)
+
+
+def _json_bytes(document: object) -> bytes:
+    return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class _Exporter:
+    """One export: gathers from a source, writes one zip."""
+
+    def __init__(self, source: BundleSource, progress: Progress) -> None:
+        self.source = source
+        self.progress = progress
+
+    async def _spool(self, lines: AsyncIterator[BlockLine], spool: IO[bytes], what: str) -> int:
+        count = 0
+        async for line in lines:
+            spool.write(line.line())
+            count += 1
+            if count % PROGRESS_EVERY == 0:
+                self.progress(f"{what}: {count:,} blocks fetched")
+        return count
+
+    async def gather_blocks(self, zipper: _ZipWriter, collector_id: str, *, select: tuple[int, int],
+                            path: str) -> _CollectorPart:
+        """Stream the collector's blocks around the period into a spool, find the readings blocks
+        that touch the widened period and the CONFIG blocks they need, and write the entry."""
+        part = _CollectorPart(collector_id)
+        low, high = select
+        with tempfile.TemporaryFile() as spool:
+            fetched = await self._spool(
+                self.source.blocks(collector_id, from_unix_ms=low - WINDOW_PAD_MS, to_unix_ms=high + 1),
+                spool, f"collector {collector_id}")
+            first, last, ordered = _overlap(spool, select)
+            if first is None or last is None:
+                self.progress(f"collector {collector_id}: no readings block in the period")
+                with zipper.entry(path):
+                    pass
+                return part
+            part.first, part.last = first, last
+            needed, contiguous = _needed_configs(spool, first, last)
+            if not (ordered and contiguous):
+                # a clock that stepped back puts blocks of the range outside the time window: ask
+                # for the range by sequence instead
+                spool.seek(0)
+                spool.truncate()
+                fetched = await self._spool(self.source.blocks(collector_id, from_sequence=first,
+                                                               to_sequence=last), spool,
+                                            f"collector {collector_id}")
+                needed, contiguous = _needed_configs(spool, first, last)
+                if not contiguous:
+                    raise ExportError(f"the gateway's blocks {first}..{last} of collector {collector_id} "
+                                      "are not contiguous; run `stackline verify --ledger` at the gateway")
+            self.progress(f"collector {collector_id}: {last - first + 1:,} blocks {first}..{last} "
+                          f"({fetched:,} fetched)")
+            part.configs = await self._find_configs(collector_id, needed, before=first)
+            with zipper.entry(path) as write:
+                for config in part.configs:
+                    write(config.line())
+                spool.seek(0)
+                for raw in spool:
+                    sequence = _sequence_of(raw)
+                    if first <= sequence <= last:
+                        write(raw)
+            part.blocks = last - first + 1 + len(part.configs)
+        return part
+
+    async def _find_configs(self, collector_id: str, needed: set[bytes], *, before: int) -> list[BlockLine]:
+        """The newest CONFIG block before `before` for each needed configuration digest."""
+        found: dict[bytes, BlockLine] = {}
+        high = before - 1
+        chunk = CONFIG_SEARCH_FIRST
+        while needed - found.keys() and high >= 1:
+            low = max(1, high - chunk + 1)
+            self.progress(f"collector {collector_id}: looking for its configuration in blocks "
+                          f"{low:,}..{high:,}")
+            async for line in self.source.blocks(collector_id, from_sequence=low, to_sequence=high):
+                block = _peek(line.payload)
+                if block is None or block.kind != pb.BLOCK_KIND_CONFIG:
+                    continue
+                digest = bytes(block.config_digest)
+                if digest in needed and (digest not in found
+                                         or line.sequence > found[digest].sequence):
+                    found[digest] = line
+            high, chunk = low - 1, min(chunk * 2, CONFIG_SEARCH_MAX)
+        for digest in sorted(needed - found.keys()):
+            self.progress(f"collector {collector_id}: warning: configuration {digest.hex()[:16]} "
+                          "is not in its chain before the period")
+        return sorted(found.values(), key=lambda line: line.sequence)
+
+    async def write_proofs(self, zipper: _ZipWriter, part: _CollectorPart, *, path: str,
+                           tree_size: int) -> None:
+        """Every included block's inclusion proof, in sequence order."""
+        count = 0
+        with zipper.entry(path) as write:
+            spans = [(c.sequence, c.sequence) for c in part.configs]
+            if part.first:
+                spans.append((part.first, part.last))
+            for first, last in spans:
+                expected = first
+                async for proof in self.source.proofs(part.collector_id, from_sequence=first,
+                                                      to_sequence=last, tree_size=tree_size):
+                    if proof.sequence != expected or proof.collector_id != part.collector_id:
+                        raise ExportError(f"the gateway sent the proof of {proof.collector_id} "
+                                          f"#{proof.sequence} where {part.collector_id} #{expected} "
+                                          "was due")
+                    write(json.dumps(proof.as_json(), separators=(",", ":")).encode() + b"\n")
+                    expected += 1
+                    count += 1
+                    if count % PROGRESS_EVERY == 0:
+                        self.progress(f"collector {part.collector_id}: {count:,} proofs fetched")
+                if expected != last + 1:
+                    raise ExportError(f"the gateway has no inclusion proof of {part.collector_id} "
+                                      f"#{expected} at tree size {tree_size}")
+        self.progress(f"collector {part.collector_id}: {count:,} proofs fetched")
+
+
+def _sequence_of(raw: bytes) -> int:
+    value = json.loads(raw)["sequence"]
+    return int(value)
+
+
+def _overlap(spool: IO[bytes], select: tuple[int, int]) -> tuple[int | None, int | None, bool]:
+    """First and last sequence of the readings blocks whose window touches [low, high] (what
+    load_unit_data reads), and whether the spool is in ascending sequence order."""
+    low, high = select
+    first = last = None
+    previous = 0
+    ordered = True
+    spool.seek(0)
+    for raw in spool:
+        line = BlockLine.from_json(json.loads(raw))
+        ordered = ordered and line.sequence > previous
+        previous = line.sequence
+        block = _peek(line.payload)
+        if block is None or block.kind != pb.BLOCK_KIND_READINGS:
+            continue
+        if block.window_end_unix_ms < low or block.window_start_unix_ms > high:
+            continue
+        first = line.sequence if first is None else min(first, line.sequence)
+        last = line.sequence if last is None else max(last, line.sequence)
+    return first, last, ordered
+
+
+def _needed_configs(spool: IO[bytes], first: int, last: int) -> tuple[set[bytes], bool]:
+    """The configuration digests that readings blocks in [first, last] use before a CONFIG block
+    of the range announces them, and whether the spool holds the range contiguously."""
+    announced: set[bytes] = set()
+    needed: set[bytes] = set()
+    expected = first
+    spool.seek(0)
+    for raw in spool:
+        line = BlockLine.from_json(json.loads(raw))
+        if not first <= line.sequence <= last:
+            continue
+        if line.sequence != expected:
+            return needed, False
+        expected += 1
+        block = _peek(line.payload)
+        if block is None:
+            continue
+        digest = bytes(block.config_digest)
+        if block.kind == pb.BLOCK_KIND_CONFIG:
+            announced.add(digest)
+        elif digest not in announced:
+            needed.add(digest)
+    return needed, expected == last + 1
+
+
+async def _find_plant(source: BundleSource, collectors: list[CollectorInfo], unit_id: str) -> str:
+    plants = sorted({c.plant_id for c in collectors if c.plant_id})
+    if len(plants) > 100:
+        raise ExportError(f"the gateway serves {len(plants)} plants: say which one has unit "
+                          f"{unit_id!r} with --plant")
+    having = []
+    for plant in plants:
+        try:
+            if await source.unit_collectors(plant, unit_id):
+                having.append(plant)
+        except SourceNotFoundError:
+            continue  # the plant has no such unit
+    if not having:
+        raise ExportError(f"no plant at the gateway has an accounting unit {unit_id!r}")
+    if len(having) > 1:
+        raise ExportError(f"plants {', '.join(having)} all have a unit {unit_id!r}: say which with --plant")
+    return having[0]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What an export needs to know before it fetches blocks."""
+
+    log_state: LogState
+    collectors: dict[str, CollectorInfo]
+    plant_id: str
+    unit_id: str
+    feeding: list[str]
+    report: SignedReport
+    timezone: str
+    methodology: str
+    start: date
+    end: date
+    period_ms: tuple[int, int]
+
+    @property
+    def select(self) -> tuple[int, int]:
+        """The window readings blocks are selected in: the period widened by the margin."""
+        return self.period_ms[0] - MARGIN_MS, self.period_ms[1] + MARGIN_MS
+
+
+async def _plan(source: BundleSource, *, unit_id: str, plant_id: str | None, start: date, end: date,
+                say: Progress) -> _Plan:
+    log_state = await source.log_state()
+    collectors = await source.collectors()
+    plant = plant_id or await _find_plant(source, collectors, unit_id)
+    feeding = sorted(await source.unit_collectors(plant, unit_id))
+    if not feeding:
+        raise ExportError(f"no collector feeds unit {unit_id!r} of plant {plant!r}")
+    say(f"unit {unit_id} of plant {plant}: collectors {', '.join(feeding)}; asking for the report")
+    report = await source.report(plant, unit_id, start, end)
+    try:
+        document = _obj(json.loads(report.body), "report")
+        timezone = _str(_obj(document.get("plant"), "report plant"), "timezone", "report plant")
+        methodology = _str(_obj(document.get("methodology"), "report methodology"), "name",
+                           "report methodology")
+    except (json.JSONDecodeError, UnicodeDecodeError, BundleFormatError) as exc:
+        raise ExportError(f"the gateway's report is not a report document: {exc}") from exc
+    return _Plan(log_state, {c.collector_id: c for c in collectors}, plant, unit_id, feeding, report,
+                 timezone, methodology, start, end, period_bounds_ms(start, end, timezone))
+
+
+async def _write(exporter: _Exporter, zipper: _ZipWriter, plan: _Plan) -> tuple[list[_CollectorPart], int]:
+    """Every entry of the bundle, the manifest last; (collector parts, checkpoint tree size)."""
+    source, say = exporter.source, exporter.progress
+    parts = [await exporter.gather_blocks(zipper, collector_id, select=plan.select,
+                                          path=f"blocks/{collector_id}.ndjson")
+             for collector_id in plan.feeding]
+    say("asking the gateway for a fresh checkpoint")
+    checkpoint = await source.publish_checkpoint()
+    previous = plan.log_state.checkpoint
+    previous_json: dict[str, Any] | None = None
+    if previous is not None and 0 < previous.tree_size <= checkpoint.tree_size:
+        # equal sizes need no proof (and equal roots, which the verifier checks)
+        consistency = () if previous.tree_size == checkpoint.tree_size else await source.consistency(
+            previous.tree_size, checkpoint.tree_size)
+        previous_json = {**previous.as_json(), "consistency": [_b64text(h) for h in consistency]}
+    for part in parts:
+        await exporter.write_proofs(zipper, part, path=f"proofs/{part.collector_id}.ndjson",
+                                    tree_size=checkpoint.tree_size)
+    zipper.put(CHECKPOINT_FILE, _json_bytes({**checkpoint.as_json(), "previous": previous_json}))
+    methodology = await source.methodology(plan.methodology)
+    methodology_path = f"methodology/{methodology.name}.yaml"
+    zipper.put(methodology_path, methodology.data)
+    zipper.put(REPORT_FILE, plan.report.body)
+    zipper.put(REPORT_SIGNATURE_FILE, _json_bytes(
+        {"signature": _b64text(plan.report.signature), "log_key": plan.report.log_key}))
+    zipper.put(COLLECTORS_FILE, _json_bytes({"collectors": [
+        (plan.collectors.get(c) or CollectorInfo(c, plan.plant_id, 0, ())).as_json()
+        for c in plan.feeding]}))
+    select = plan.select
+    zipper.put(MANIFEST, _json_bytes({
+        "format": BUNDLE_FORMAT,
+        "created_unix_ms": int(time.time() * 1000),
+        "source": source.description,
+        "plant": plan.plant_id,
+        "unit": plan.unit_id,
+        "period": {"from": plan.start.isoformat(), "to": plan.end.isoformat(),
+                   "timezone": plan.timezone, "start_unix_ms": plan.period_ms[0],
+                   "end_unix_ms": plan.period_ms[1]},
+        "selection": {"margin_ms": MARGIN_MS, "from_unix_ms": select[0], "to_unix_ms": select[1]},
+        "log": {"origin": plan.log_state.origin, "verifier_key": plan.log_state.verifier_key,
+                "checkpoint": CHECKPOINT_FILE, "tree_size": checkpoint.tree_size},
+        "collectors_file": COLLECTORS_FILE,
+        "report": {"body": REPORT_FILE, "signature": REPORT_SIGNATURE_FILE},
+        "methodologies": [{"name": methodology.name, "path": methodology_path,
+                           "digest": methodology.digest}],
+        "collectors": [{"collector_id": p.collector_id, "blocks": f"blocks/{p.collector_id}.ndjson",
+                        "proofs": f"proofs/{p.collector_id}.ndjson", "ranges": p.ranges(),
+                        "block_count": p.blocks} for p in parts],
+        "files": dict(sorted(zipper.files.items())),
+    }))
+    return parts, checkpoint.tree_size
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def export_bundle(source: BundleSource, *, unit_id: str, start: date, end: date, out: Path,
+                        plant_id: str | None = None, progress: Progress | None = None) -> ExportSummary:
+    """Write the evidence bundle of a unit and local days [start, end) to `out` (atomically: a
+    temporary file beside it, renamed when complete)."""
+    say: Progress = progress or (lambda _message: None)
+    if end <= start:
+        raise ExportError(f"the period must end after it starts ({start} .. {end})")
+    plan = await _plan(source, unit_id=unit_id, plant_id=plant_id, start=start, end=end, say=say)
+    if plan.select[1] > time.time() * 1000:
+        say("warning: the period is not over (or ended within the hour): blocks that arrive "
+            "after the report was computed will make it differ from a recomputation")
+    out = Path(out)
+    try:
+        handle = tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.",  # noqa: SIM115 - renamed, not closed
+                                             suffix=".partial", delete=False)
+    except OSError as exc:
+        raise ExportError(f"cannot write the bundle beside {out}: {exc.strerror}") from exc
+    try:
+        with handle:
+            zipper = _ZipWriter(handle)
+            parts, tree_size = await _write(_Exporter(source, say), zipper, plan)
+            zipper.zip.close()
+        digest = await asyncio.to_thread(_file_sha256, handle.name)
+        os.chmod(handle.name, 0o644)  # a temporary file is made 0600; a bundle is for sharing
+        os.replace(handle.name, out)
+    except OSError as exc:  # the disk, not the gateway
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise ExportError(f"writing {out} failed: {exc}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
+    return ExportSummary(out, plan.plant_id, unit_id, len(parts), sum(p.blocks for p in parts),
+                         tree_size, plan.log_state.verifier_key, digest)
