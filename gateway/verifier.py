@@ -11,7 +11,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import LedgerError
 from gateway.ledger.base import CollectorKey, CollectorOverview, Ledger, StoredRow
+from gateway.translog.audit import LogAudit, audit_log
 from proto.errors import UnacceptableKeyError, VerificationError
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import GENESIS_HASH, Verifier, decode_block
@@ -51,6 +53,7 @@ class VerifyReport:
     findings: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     quarantined: int = 0
+    log: LogAudit | None = None  # None: not audited (one collector asked for, or no log tables)
 
     def total(self, name: str) -> int:
         """Sum of one per-collector counter."""
@@ -58,8 +61,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        """True when nothing is wrong with the stored chains."""
-        return not self.findings
+        """True when nothing is wrong with the stored chains and the transparency log."""
+        return not self.findings and (self.log is None or self.log.ok)
 
     def to_json(self) -> dict[str, Any]:
         """The machine-readable summary."""
@@ -88,6 +91,7 @@ class VerifyReport:
                 {"collector_id": f.collector_id, "sequence": f.sequence, "problem": f.problem,
                  "detail": f.detail} for f in self.warnings
             ],
+            "log": None if self.log is None else self.log.to_json(),
         }
 
 
@@ -212,6 +216,11 @@ async def verify_ledger(ledger: Ledger, *, collector_id: str | None = None) -> V
     audit.check_heads(overview)
     counts = await ledger.quarantine_counts()
     audit.report.quarantined = sum(counts.values())
+    if collector_id is None:
+        try:
+            audit.report.log = await audit_log(ledger)
+        except LedgerError as exc:  # a ledger opened read-only from before the log
+            audit.report.warnings.append(Finding("", 0, "no_transparency_log", str(exc)))
     return audit.report
 
 
@@ -243,7 +252,17 @@ def render_text(report: VerifyReport, *, max_findings: int = 50) -> str:
         lines.append(f"... and {len(report.findings) - max_findings} more (use --json for all)")
     if report.quarantined:
         lines.append(f"note  {report.quarantined} refused input(s) are kept in quarantine")
-    verdict = ("OK    every block's signature and chain link verified" if report.ok
-               else f"FAILED  {len(report.findings)} problem(s) found")
+    log = report.log
+    if log is not None:
+        for log_finding in log.findings[:max_findings]:
+            lines.append(f"FAIL  transparency log: {log_finding.problem}: {log_finding.detail}")
+        lines.append(f"log   {log.size} leaves, {log.nodes_checked} nodes and "
+                     f"{log.checkpoints_checked} checkpoint(s) checked against the blocks"
+                     + (f"; {log.blocks_not_yet_logged} block(s) not yet in the log"
+                        if log.blocks_not_yet_logged else ""))
+    problems = len(report.findings) + (len(log.findings) if log is not None else 0)
+    verdict = ("OK    every block's signature and chain link verified"
+               + (", and the transparency log matches them" if log is not None else "")
+               if report.ok else f"FAILED  {problems} problem(s) found")
     lines.append(verdict)
     return "\n".join(lines)

@@ -14,8 +14,11 @@ import pytest
 
 from gateway.ingest import IngestCore
 from gateway.ledger import SqliteLedger
+from gateway.ledger.base import StoredCheckpoint
 from gateway.runtime import enroll_collector
+from gateway.translog.log import TransparencyLog
 from proto.stackline.v1 import stackline_pb2 as pb
+from proto.tlog import Checkpoint
 from proto.wire import GENESIS_HASH, BlockDraft, ReadingValue, Signer, block_hash, encode_block
 from tests.support import run_stackline
 
@@ -50,10 +53,23 @@ def ledger_path(tmp_path: Path) -> Path:
                                         envelopes=_chain(signer, collector_id, BLOCKS),
                                         transport="test", peer="test")
             assert outcome.head.sequence == BLOCKS and not outcome.refusals
+        # the gateway's transparency log over the first collector's chain (the second's blocks
+        # come after the checkpoint: stored, not yet logged)
+        log = TransparencyLog(ledger=ledger, origin="test/log",
+                              signing_key=nacl.signing.SigningKey(b"\x01" * 32))
+        await log.start()
+        await ledger.log_integrate(max_leaves=BLOCKS)
+        await ledger.put_checkpoint(await _checkpoint(log, BLOCKS))
         await ledger.close()
 
     asyncio.run(build())
     return path
+
+
+async def _checkpoint(log: TransparencyLog, size: int) -> StoredCheckpoint:
+    root = await log.ledger.log_tree().root(size)
+    note = Checkpoint(log.origin, size, root).sign(name=log.origin, signing_key=log.signing_key)
+    return StoredCheckpoint(size, root, note, 0)
 
 
 def _tamper(path: Path, sql: str, *args: object) -> None:
@@ -72,9 +88,26 @@ def test_clean_ledger_verifies(ledger_path: Path) -> None:
                                    "broken_links", "quarantined")} == {
         "blocks": 2 * BLOCKS, "readings": 2 * BLOCKS * 3, "collectors": 2, "gaps": 0,
         "bad_signatures": 0, "broken_links": 0, "quarantined": 0}
+    assert {k: report["log"][k] for k in ("ok", "size", "checkpoints_checked",
+                                          "blocks_not_yet_logged")} == {
+        "ok": True, "size": BLOCKS, "checkpoints_checked": 1, "blocks_not_yet_logged": BLOCKS}
     text = run_stackline("verify", "--ledger", str(ledger_path))
     assert text.returncode == 0
     assert "OK" in text.stdout and "plant-a-c1" in text.stdout
+    assert "the transparency log matches them" in text.stdout
+
+
+def test_a_log_that_does_not_match_its_blocks_fails_the_verification(ledger_path: Path) -> None:
+    """A leaf hash rewritten in the log (as if another block had been accepted there) and a
+    checkpoint signed by another key: both named, the verdict fails."""
+    _tamper(ledger_path, "UPDATE log_nodes SET hash = ? WHERE level = 0 AND idx = 2",
+            hashlib.sha256(b"\x00another block").digest())
+    result = run_stackline("verify", "--ledger", str(ledger_path), "--json")
+    assert result.returncode == 1
+    problems = [f["problem"] for f in json.loads(result.stdout)["log"]["findings"]]
+    assert problems[0] == "leaf_hash_mismatch"
+    text = run_stackline("verify", "--ledger", str(ledger_path))
+    assert "FAIL  transparency log: leaf_hash_mismatch: leaf 2 (plant-a-c1 #3)" in text.stdout
 
 
 def test_one_flipped_byte_is_named(ledger_path: Path) -> None:
