@@ -14,11 +14,32 @@ from prometheus_client.registry import Collector
 
 from gateway.ingest import IngestCore
 from gateway.ledger.base import CollectorOverview
+from gateway.translog.log import TransparencyLog
 
-__all__ = ["CONTENT_TYPE", "GatewaySnapshot", "render", "status_document"]
+__all__ = ["CONTENT_TYPE", "GatewaySnapshot", "LogSnapshot", "render", "status_document"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STALE_AFTER_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogSnapshot:
+    """The transparency log as this gateway last saw it."""
+
+    origin: str
+    verifier_key: str
+    size: int
+    checkpoint_size: int | None
+    checkpoint_unix_ms: int | None
+    failures: int
+
+    @classmethod
+    def of(cls, log: TransparencyLog) -> LogSnapshot:
+        """From the running log (no ledger read)."""
+        latest = log.latest
+        return cls(log.origin, log.verifier_key, log.size,
+                   None if latest is None else latest.tree_size,
+                   None if latest is None else latest.published_unix_ms, log.failures)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +51,22 @@ class GatewaySnapshot:
     quarantine_by_reason: dict[str, int]
     sink_lag_blocks: dict[str, int] | None
     now_unix_ms: int
+    log: LogSnapshot | None = None
 
     @classmethod
     async def take(cls, *, gateway_id: str, core: IngestCore,
-                   sink_lag_blocks: dict[str, int] | None) -> GatewaySnapshot:
+                   sink_lag_blocks: dict[str, int] | None,
+                   log: LogSnapshot | None = None) -> GatewaySnapshot:
         """Read the ledger once for this snapshot."""
         return cls(gateway_id, await core.ledger.collectors_overview(),
                    await core.ledger.quarantine_counts(), sink_lag_blocks,
-                   int(time.time() * 1000))
+                   int(time.time() * 1000), log)
+
+    def log_pending_blocks(self) -> int | None:
+        """Stored blocks not yet in the transparency log (as of the log's last integration)."""
+        if self.log is None:
+            return None
+        return max(0, sum(o.sequence for o in self.collectors.values()) - self.log.size)
 
 
 class _GatewayCollector(Collector):
@@ -96,6 +125,8 @@ class _GatewayCollector(Collector):
                 failing.add_metric([collector_id],
                                    sum(1 for d in reported[0].devices if not d.answering))
         yield from (quarantined, head, age, buffered, failing)
+        if snap.log is not None:
+            yield from _log_metrics(snap, snap.log)
         if snap.sink_lag_blocks is not None:
             lag = GaugeMetricFamily("stackline_gateway_sink_lag_blocks",
                                     "Stored blocks not yet written to the time-series store",
@@ -103,6 +134,27 @@ class _GatewayCollector(Collector):
             for collector_id, count in sorted(snap.sink_lag_blocks.items()):
                 lag.add_metric([collector_id], count)
             yield lag
+
+
+def _log_metrics(snap: GatewaySnapshot, log: LogSnapshot) -> Iterator[Metric]:
+    leaves = GaugeMetricFamily("stackline_gateway_log_leaves",
+                               "Blocks in the transparency log (its tree size)")
+    leaves.add_metric([], log.size)
+    pending = GaugeMetricFamily("stackline_gateway_log_pending_blocks",
+                                "Stored blocks not yet integrated into the transparency log")
+    pending.add_metric([], snap.log_pending_blocks() or 0)
+    failures = GaugeMetricFamily("stackline_gateway_log_failures",
+                                 "Failed log integrations or checkpoints in a row (0: healthy)")
+    failures.add_metric([], log.failures)
+    yield from (leaves, pending, failures)
+    if log.checkpoint_size is not None and log.checkpoint_unix_ms is not None:
+        size = GaugeMetricFamily("stackline_gateway_log_checkpoint_size",
+                                 "Tree size of the newest published checkpoint")
+        size.add_metric([], log.checkpoint_size)
+        age = GaugeMetricFamily("stackline_gateway_log_checkpoint_age_seconds",
+                                "Age of the newest published checkpoint")
+        age.add_metric([], max(0.0, (snap.now_unix_ms - log.checkpoint_unix_ms) / 1000))
+        yield from (size, age)
 
 
 def render(snapshot: GatewaySnapshot, core: IngestCore) -> bytes:
@@ -144,9 +196,15 @@ def status_document(snapshot: GatewaySnapshot, core: IngestCore) -> dict[str, An
             }
         entry["state"] = _state(entry, lag_s)
         collectors.append(entry)
+    log = snapshot.log
     return {"gateway_id": snapshot.gateway_id, "time_unix_ms": snapshot.now_unix_ms,
             "collectors": collectors,
-            "quarantined_by_reason": dict(sorted(snapshot.quarantine_by_reason.items()))}
+            "quarantined_by_reason": dict(sorted(snapshot.quarantine_by_reason.items())),
+            "log": None if log is None else {
+                "origin": log.origin, "verifier_key": log.verifier_key, "size": log.size,
+                "pending_blocks": snapshot.log_pending_blocks(), "failures": log.failures,
+                "checkpoint_size": log.checkpoint_size,
+                "checkpoint_unix_ms": log.checkpoint_unix_ms}}
 
 
 def _state(entry: dict[str, Any], lag_s: float | None) -> str:

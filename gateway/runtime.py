@@ -20,7 +20,7 @@ from gateway.grpc_server import GrpcIngestServer
 from gateway.ingest import IngestCore
 from gateway.ledger import CollectorKey, Ledger, open_ledger
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.metrics import GatewaySnapshot, status_document
+from gateway.metrics import GatewaySnapshot, LogSnapshot, status_document
 from gateway.metrics import render as render_metrics
 from gateway.mqtt_ingest import MqttIngest
 from gateway.sink import TimeSeriesSink
@@ -134,7 +134,8 @@ class GatewayRuntime:
 
     async def _snapshot(self) -> GatewaySnapshot:
         return await GatewaySnapshot.take(gateway_id=self.config.config.gateway.id,
-                                          core=self.core, sink_lag_blocks=self._sink_lag())
+                                          core=self.core, sink_lag_blocks=self._sink_lag(),
+                                          log=LogSnapshot.of(self.log))
 
     async def _metrics(self) -> Response:
         text = render_metrics(await self._snapshot(), self.core)

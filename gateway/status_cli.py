@@ -85,6 +85,18 @@ def render_status(document: dict[str, Any]) -> str:
             lines.append("  ".join("-" * w for w in widths))
     if len(rows) == 1:
         lines.append("(no collector is enrolled at this gateway)")
+    log = document.get("log")
+    if log is not None:
+        lines.append("")
+        checkpoint = ("no checkpoint yet" if log.get("checkpoint_size") is None else
+                      f"checkpoint at size {log['checkpoint_size']}, "
+                      f"published {_age(log.get('checkpoint_unix_ms'), now_ms)}")
+        pending = log.get("pending_blocks") or 0
+        lines.append(f"transparency log {log['origin']}: {log['size']} blocks"
+                     + (f" ({pending} waiting)" if pending else "") + f", {checkpoint}")
+        if log.get("failures"):
+            notes.append(f"  transparency log: {log['failures']} failed integrations in a row "
+                         "(see the gateway's log)")
     quarantine = document.get("quarantined_by_reason") or {}
     if quarantine:
         lines.append("")

@@ -136,9 +136,19 @@ async def test_metrics_healthz_and_status_show_a_device_that_stops_answering(
                      collector=CID) < 30
         value(gateway_metrics, "stackline_gateway_collector_buffer_blocks", collector=CID)
 
+        # the transparency log follows the ledger (integrated as blocks arrive)
+        await wait_for(lambda: _true(site.gateway.log.size >= 5), timeout_s=20,
+                       what="the blocks in the transparency log")
+        gateway_metrics = samples((await asyncio.to_thread(
+            get, site.gateway_url + "/metrics"))[1].decode())
+        assert value(gateway_metrics, "stackline_gateway_log_leaves") >= 5
+        assert value(gateway_metrics, "stackline_gateway_log_failures") == 0
+        value(gateway_metrics, "stackline_gateway_log_pending_blocks")
+
         table = await asyncio.to_thread(run_stackline, "status", "--gateway", site.gateway_url)
         assert table.returncode == 0, table.stdout + table.stderr
         assert CID in table.stdout and " OK " in table.stdout
+        assert f"transparency log stackline/{site.gateway.config.config.gateway.id}:" in table.stdout
 
         # the feeders' Modbus server goes away
         site.feeders.cancel()
@@ -188,3 +198,7 @@ async def test_unknown_path_lists_the_routes(tmp_path: Path, path: str) -> None:
         status, body = await asyncio.to_thread(get, site.gateway_url + path)
     assert status == 404
     assert b"/metrics" in body and b"/status" in body
+
+
+async def _true(value: bool) -> bool:
+    return value
