@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ from gateway.ledger import SqliteLedger
 from gateway.runtime import enroll_collector
 from gateway.verifier import render_text, verify_ledger
 from proto.keys import generate_key_files, load_public_key
+from proto.tlog import verifier_key
 
 __all__ = [
     "DEFAULT_PLANT", "enroll_demo_collector", "prepare", "run_demo", "spawn", "stop_process",
@@ -89,11 +91,20 @@ def write_configs(data_dir: Path, plant_template: Path, *,
     previous = _previous_ports(data_dir)
     grpc_port = _free_port(previous.get("grpc", 0))
     gateway_config = data_dir / "gateway.yaml"
+    token = data_dir / "verifier.token"
+    if not token.exists():
+        descriptor = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
     gateway_config.write_text(yaml.safe_dump({
         "gateway": {"id": "demo-gateway"},
         "listen": {"grpc": f"127.0.0.1:{grpc_port}"},
         "ledger": {"path": "ledger.sqlite"},
         "http": {"listen": f"127.0.0.1:{_free_port()}"},
+        "log": {"checkpoint_interval_s": 5},
+        "verifier_api": {"listen": f"127.0.0.1:{_free_port()}",
+                         "tokens": [{"name": "demo-verifier", "token_file": token.name,
+                                     "plants": ["*"]}]},
     }, sort_keys=False))
     plant: dict[str, Any] = yaml.safe_load(plant_template.read_text())
     collector = plant["collector"]
@@ -202,6 +213,7 @@ async def run_demo(*, data_dir: Path, duration_s: float | None, plant_template: 
             "collector": "http://" + plant["collector"]["http"]["listen"]}
     logs = data_dir / "logs"
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    evidence_ok = False
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -220,6 +232,11 @@ async def run_demo(*, data_dir: Path, duration_s: float | None, plant_template: 
         print(f"operator view:  stackline status --gateway {urls['gateway']}", file=out)
         print(f"metrics:        {urls['gateway']}/metrics  {urls['collector']}/metrics", file=out)
         await _watch(ledger_path, processes, stop, duration_s, out)
+        # what a verifier takes away: the plant's data stops, the evidence is exported over the
+        # verifier API and checked offline, as `stackline export` / `verify --bundle` do it
+        stop_process(processes.pop("collector"), "collector")
+        evidence_ok = await _evidence(
+            _evidence_commands(plant_config, gateway_config, data_dir), out)
     finally:
         for name in ("collector", "simulator", "gateway"):
             if name in processes:
@@ -238,7 +255,40 @@ async def run_demo(*, data_dir: Path, duration_s: float | None, plant_template: 
     hint = _report_hint(plant_config, ledger_path, data_dir)
     if hint:
         print(f"accounting:     {hint}", file=out)
-    return 0 if report.ok else 1
+    return 0 if report.ok and evidence_ok else 1
+
+
+def _evidence_commands(plant_config: Path, gateway_config: Path, data_dir: Path) -> list[list[str]]:
+    """`stackline export` of today's evidence bundle of the plant's first unit, and `stackline
+    verify --bundle` of it with the log key pinned (none when the plant accounts no unit)."""
+    plant = yaml.safe_load(plant_config.read_text())
+    units = ((plant.get("accounting") or {}).get("units")) or []
+    if not units:
+        return []
+    gateway = yaml.safe_load(gateway_config.read_text())
+    origin = f"stackline/{gateway['gateway']['id']}"
+    log_key = verifier_key(origin, load_public_key(data_dir / "log-signing.key.pub"))
+    today = datetime.now(tz=ZoneInfo((plant.get("plant") or {}).get("timezone") or "UTC")).date()
+    bundle = data_dir / "evidence.zip"
+    return [["export", "--gateway-url", f"http://{gateway['verifier_api']['listen']}",
+             "--token-file", str(data_dir / "verifier.token"), "--unit", str(units[0]["id"]),
+             "--from", str(today), "--to", str(today + timedelta(days=1)), "-o", str(bundle)],
+            ["verify", "--bundle", str(bundle), "--log-key", log_key]]
+
+
+async def _evidence(commands: list[list[str]], out: Any) -> bool:
+    """Run the commands, printing each and its output; True when all succeed."""
+    print("", file=out)
+    for args in commands:
+        print("$ stackline " + " ".join(args), file=out, flush=True)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proto.cli", *args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
+        output, _ = await process.communicate()
+        print(output.decode(errors="replace").rstrip(), file=out, flush=True)
+        if process.returncode != 0:
+            return False
+    return True
 
 
 def _report_hint(plant_config: Path, ledger_path: Path, data_dir: Path) -> str | None:

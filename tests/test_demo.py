@@ -25,6 +25,13 @@ def test_demo_for_twenty_seconds(tmp_path: Path) -> None:
     assert any(line.startswith("operator view:  stackline status --gateway http://127.0.0.1:")
                for line in lines)
     assert "OK" in result.stdout
+    # it ends as a verifier would: an evidence bundle exported over the verifier API with a
+    # token, and verified offline with the log key pinned
+    assert any(line.startswith("$ stackline export --gateway-url http://127.0.0.1:")
+               for line in lines)
+    assert "VERDICT  PASS: every check holds" in lines
+    assert (data_dir / "evidence.zip").is_file()
+    assert "and the transparency log matches them" in result.stdout
     # the accounting command it suggests runs on what it recorded
     hint = next(line for line in lines if line.startswith("accounting:"))
     command = shlex.split(hint.removeprefix("accounting:"))
