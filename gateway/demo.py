@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PLANT = REPO / "firmware-config" / "plants" / "demo-plant.yaml"
+GATEWAY_ID = "demo-gateway"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 # the collector's default per-request timeout (collector.config.DeviceConfig.timeout_ms),
@@ -97,7 +98,7 @@ def write_configs(data_dir: Path, plant_template: Path, *,
         with os.fdopen(descriptor, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
     gateway_config.write_text(yaml.safe_dump({
-        "gateway": {"id": "demo-gateway"},
+        "gateway": {"id": GATEWAY_ID},
         "listen": {"grpc": f"127.0.0.1:{grpc_port}"},
         "ledger": {"path": "ledger.sqlite"},
         "http": {"listen": f"127.0.0.1:{_free_port()}"},
@@ -106,8 +107,15 @@ def write_configs(data_dir: Path, plant_template: Path, *,
                          "tokens": [{"name": "demo-verifier", "token_file": token.name,
                                      "plants": ["*"]}]},
     }, sort_keys=False))
+    # the log's key is made here rather than at the gateway's first start, so that the collector
+    # can be given its verifier key and check the receipts the gateway's acks carry
+    log_key = data_dir / "log-signing.key"
+    if not log_key.exists():
+        generate_key_files(log_key)
     plant: dict[str, Any] = yaml.safe_load(plant_template.read_text())
     collector = plant["collector"]
+    collector["gateway_log_key"] = verifier_key(f"stackline/{GATEWAY_ID}",
+                                                load_public_key(log_key.with_name(log_key.name + ".pub")))
     collector["key_file"] = "keys/collector.key"
     collector["http"] = {"listen": f"127.0.0.1:{_free_port()}"}
     if tick_ms is not None:

@@ -32,6 +32,10 @@ def test_demo_for_twenty_seconds(tmp_path: Path) -> None:
     assert "VERDICT  PASS: every check holds" in lines
     assert (data_dir / "evidence.zip").is_file()
     assert "and the transparency log matches them" in result.stdout
+    # the collector was given the log's key: it verified the receipts its acks carried
+    receipts = run_stackline("collector", "receipts", "--config", str(data_dir / "plant.yaml"))
+    assert receipts.returncode == 0, receipts.stdout + receipts.stderr
+    assert " verified " in receipts.stdout and "FORK" not in receipts.stdout
     # the accounting command it suggests runs on what it recorded
     hint = next(line for line in lines if line.startswith("accounting:"))
     command = shlex.split(hint.removeprefix("accounting:"))
