@@ -15,21 +15,21 @@ Layout (docs/verifying.md describes every file and field)::
     methodology/<name>.yaml     the methodology file the report cites
 
 The writer takes a `BundleSource`: the gateway's verifier API over HTTP
-(`gateway.bundle_http.GatewayClient`), or a ledger and its transparency log in this process
-(`LedgerSource`, for tests and tools that hold the ledger). Blocks stream through a temporary
-spool file into the zip; nothing holds a period's blocks in memory.
+(`gateway.bundle_http.GatewayClient`), or the API's own operations over a ledger and its
+transparency log in this process (`LedgerSource`, for tests and tools that hold the ledger). The
+documents it writes are the API's (gateway/verifier_documents.py). Blocks stream through a
+temporary spool file into the zip; nothing holds a period's blocks in memory.
 
 Which blocks: for every collector feeding the unit, every block from the first to the last
 readings block whose window touches the period widened by the accounting's margin (what
 `gateway.accounting.source.load_unit_data` reads), contiguous, and the CONFIG blocks in force
-for them (searched back along the chain when they precede the period).
+for them (asked for by kind when they precede the period: the gateway finds a collector's
+configuration blocks in an index, without streaming the chain).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -37,54 +37,48 @@ import os
 import tempfile
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import nacl.exceptions
-import nacl.signing
-
-from gateway.accounting.methodology import load_methodology, read_methodology
-from gateway.accounting.render import render_json
-from gateway.accounting.source import MARGIN_MS, load_unit_data, unit_collectors
-from gateway.accounting.unit import account_unit
+from gateway.accounting.methodology import MethodologyFile
+from gateway.accounting.source import MARGIN_MS
 from gateway.errors import GatewayError
 from gateway.ledger.base import Ledger
+from gateway.report_signature import SignedReport
+from gateway.tokens import ALL_PLANTS, Tokens, TokenScope
 from gateway.translog.log import InclusionProof, TransparencyLog
+from gateway.verifier_api import BLOCK_KINDS, ApiError, BlockQuery, NotFound, VerifierService
+from gateway.verifier_documents import (
+    BlockLine,
+    BundleFormatError,
+    CheckpointInfo,
+    CollectorInfo,
+    LogState,
+    b64text,
+    json_object,
+    json_text,
+)
 from proto.errors import VerificationError
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import decode_block
 
 __all__ = [
     "BUNDLE_FORMAT",
-    "REPORT_SIGNATURE_CONTEXT",
-    "BlockLine",
-    "BundleFormatError",
+    "BlockKindName",
     "BundleSource",
-    "CheckpointInfo",
-    "CollectorInfo",
-    "CollectorKeyInfo",
     "ExportError",
     "ExportSummary",
     "LedgerSource",
-    "LogState",
-    "MethodologyFile",
-    "SignedReport",
     "SourceNotFoundError",
     "export_bundle",
-    "parse_base64",
-    "parse_inclusion_proof",
     "period_bounds_ms",
-    "sign_report",
-    "verify_report_signature",
 ]
 
 BUNDLE_FORMAT = "stackline.bundle/v1"
-REPORT_SIGNATURE_CONTEXT = b"stackline/v1/report\x00"
-"""Ed25519 over this prefix + the report's bytes: the report signature rule."""
 
 MANIFEST = "manifest.json"
 COLLECTORS_FILE = "collectors.json"
@@ -95,16 +89,13 @@ REPORT_SIGNATURE_FILE = "report/signature.json"
 WINDOW_PAD_MS = 3_600_000
 """Blocks are asked for by window start from this much before the widened period, so a block
 whose window starts earlier and reaches into it is found (windows are one tick long)."""
-CONFIG_SEARCH_FIRST = 4096
-CONFIG_SEARCH_MAX = 1 << 20
 PROGRESS_EVERY = 20_000
 HASH_BYTES = 32
 
 Progress = Callable[[str], None]
-
-
-class BundleFormatError(GatewayError):
-    """A document of the verifier API or of a bundle that is not what its format says."""
+BlockKindName = Literal["config", "readings"]
+"""The blocks stream's `kind` filter (`GET /v1/collectors/{id}/blocks?kind=`)."""
+_T = TypeVar("_T")
 
 
 class ExportError(GatewayError):
@@ -113,225 +104,6 @@ class ExportError(GatewayError):
 
 class SourceNotFoundError(ExportError):
     """The source has no such thing (the API's 404): a plant without that unit, say."""
-
-
-# --- small JSON readers: every field named when it is wrong ---------------------------------------
-
-
-def _obj(value: object, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise BundleFormatError(f"{what}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _int(obj: Mapping[str, Any], key: str, what: str) -> int:
-    value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BundleFormatError(f"{what}: {key!r} must be a whole number >= 0, not {value!r}")
-    return value
-
-
-def _opt_int(obj: Mapping[str, Any], key: str, what: str) -> int | None:
-    return None if obj.get(key) is None else _int(obj, key, what)
-
-
-def _str(obj: Mapping[str, Any], key: str, what: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value:
-        raise BundleFormatError(f"{what}: {key!r} must be a non-empty string, not {value!r}")
-    return value
-
-
-def _b64(text: object, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise BundleFormatError(f"{what}: expected base64 text, not {text!r}")
-    try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
-        raise BundleFormatError(f"{what}: not base64") from exc
-
-
-def parse_base64(value: object, what: str) -> bytes:
-    """Standard base64 (with padding) as the API and bundles write bytes; BundleFormatError."""
-    return _b64(value, what)
-
-
-def _b64text(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _hashes(value: object, what: str) -> tuple[bytes, ...]:
-    if not isinstance(value, list):
-        raise BundleFormatError(f"{what}: 'hashes' must be a list of base64 hashes")
-    return tuple(_b64(item, f"{what} hash {index}") for index, item in enumerate(value))
-
-
-# --- the documents of the verifier API, as value objects -----------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointInfo:
-    """A published checkpoint: the signed note and, unverified, what it says."""
-
-    note: str
-    tree_size: int
-    root_hash: bytes
-    published_unix_ms: int
-    verifier_key: str
-
-    def as_json(self) -> dict[str, Any]:
-        """As `GET /v1/checkpoint` answers."""
-        return {"note": self.note, "tree_size": self.tree_size, "root_hash": _b64text(self.root_hash),
-                "published_unix_ms": self.published_unix_ms, "verifier_key": self.verifier_key}
-
-    @classmethod
-    def from_json(cls, value: object, what: str = "checkpoint") -> CheckpointInfo:
-        """From the API's (or a bundle's) JSON; BundleFormatError naming the field."""
-        obj = _obj(value, what)
-        return cls(_str(obj, "note", what), _int(obj, "tree_size", what),
-                   _b64(obj.get("root_hash"), f"{what} root_hash"),
-                   _int(obj, "published_unix_ms", what), _str(obj, "verifier_key", what))
-
-
-@dataclass(frozen=True, slots=True)
-class LogState:
-    """`GET /v1/log`: the log's name and key, its size, its latest checkpoint."""
-
-    origin: str
-    verifier_key: str
-    tree_size: int
-    checkpoint: CheckpointInfo | None
-
-    @classmethod
-    def from_json(cls, value: object) -> LogState:
-        """From the API's JSON."""
-        obj = _obj(value, "log")
-        latest = obj.get("checkpoint")
-        return cls(_str(obj, "origin", "log"), _str(obj, "verifier_key", "log"),
-                   _int(obj, "tree_size", "log"),
-                   None if latest is None else CheckpointInfo.from_json(latest, "log checkpoint"))
-
-
-@dataclass(frozen=True, slots=True)
-class CollectorKeyInfo:
-    """An enrolled public key of a collector."""
-
-    key_id: str
-    public_key: bytes
-    enrolled_unix_ms: int
-
-    def as_json(self) -> dict[str, Any]:
-        """As `GET /v1/collectors` answers."""
-        return {"key_id": self.key_id, "public_key": _b64text(self.public_key),
-                "enrolled_unix_ms": self.enrolled_unix_ms}
-
-
-@dataclass(frozen=True, slots=True)
-class CollectorInfo:
-    """A collector the gateway knows: its plant, chain head and keys."""
-
-    collector_id: str
-    plant_id: str | None
-    chain_head: int
-    keys: tuple[CollectorKeyInfo, ...]
-
-    def as_json(self) -> dict[str, Any]:
-        """As `GET /v1/collectors` answers."""
-        return {"collector_id": self.collector_id, "plant_id": self.plant_id,
-                "chain_head": self.chain_head, "keys": [k.as_json() for k in self.keys]}
-
-    @classmethod
-    def from_json(cls, value: object) -> CollectorInfo:
-        """From the API's (or a bundle's) JSON."""
-        obj = _obj(value, "collector")
-        collector_id = _str(obj, "collector_id", "collector")
-        what = f"collector {collector_id}"
-        head = obj.get("chain_head")
-        # the head as a sequence number, or an object that carries one
-        head_sequence = _int(_obj(head, what), "sequence", f"{what} chain_head") if isinstance(
-            head, dict) else _int(obj, "chain_head", what)
-        plant = obj.get("plant_id")
-        if plant is not None and not isinstance(plant, str):
-            raise BundleFormatError(f"{what}: 'plant_id' must be a string or null")
-        raw_keys = obj.get("keys")
-        if not isinstance(raw_keys, list):
-            raise BundleFormatError(f"{what}: 'keys' must be a list")
-        keys = []
-        for index, item in enumerate(raw_keys):
-            key = _obj(item, f"{what} key {index}")
-            keys.append(CollectorKeyInfo(_str(key, "key_id", f"{what} key {index}"),
-                                         _b64(key.get("public_key"), f"{what} key {index} public_key"),
-                                         _int(key, "enrolled_unix_ms", f"{what} key {index}")))
-        return cls(collector_id, plant, head_sequence, tuple(keys))
-
-
-@dataclass(frozen=True, slots=True)
-class BlockLine:
-    """One signed block as the API streams it and a bundle keeps it (one ndjson line)."""
-
-    sequence: int
-    leaf_index: int | None
-    payload: bytes
-    signature: bytes
-    key_id: str
-
-    def as_json(self) -> dict[str, Any]:
-        """The line's object."""
-        return {"sequence": self.sequence, "leaf_index": self.leaf_index,
-                "payload": _b64text(self.payload), "signature": _b64text(self.signature),
-                "key_id": self.key_id}
-
-    def line(self) -> bytes:
-        """The ndjson line, newline-terminated."""
-        return json.dumps(self.as_json(), separators=(",", ":")).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, value: object, what: str = "block") -> BlockLine:
-        """From one parsed line; BundleFormatError naming the field."""
-        obj = _obj(value, what)
-        return cls(_int(obj, "sequence", what), _opt_int(obj, "leaf_index", what),
-                   _b64(obj.get("payload"), f"{what} payload"),
-                   _b64(obj.get("signature"), f"{what} signature"), _str(obj, "key_id", what))
-
-
-def parse_inclusion_proof(value: object, what: str = "proof") -> InclusionProof:
-    """An inclusion proof from its JSON (`InclusionProof.as_json`); BundleFormatError otherwise."""
-    obj = _obj(value, what)
-    return InclusionProof(_str(obj, "collector_id", what), _int(obj, "sequence", what),
-                          _int(obj, "leaf_index", what), _int(obj, "tree_size", what),
-                          _hashes(obj.get("hashes"), what))
-
-
-@dataclass(frozen=True, slots=True)
-class SignedReport:
-    """The gateway's report: its exact bytes, the signature over them, and the signing log key."""
-
-    body: bytes
-    signature: bytes
-    log_key: str
-
-
-@dataclass(frozen=True, slots=True)
-class MethodologyFile:
-    """A methodology file's bytes, its name and the digest the gateway gives for it."""
-
-    name: str
-    data: bytes
-    digest: str
-
-
-def sign_report(body: bytes, signing_key: nacl.signing.SigningKey) -> bytes:
-    """The report signature: Ed25519 over REPORT_SIGNATURE_CONTEXT + body."""
-    return bytes(signing_key.sign(REPORT_SIGNATURE_CONTEXT + body).signature)
-
-
-def verify_report_signature(body: bytes, signature: bytes, public_key: bytes) -> bool:
-    """True when `signature` is the log key's report signature over `body` (libsodium's rule)."""
-    try:
-        nacl.signing.VerifyKey(public_key).verify(REPORT_SIGNATURE_CONTEXT + body, signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
-        return False
-    return True
 
 
 def period_bounds_ms(start: date, end: date, timezone: str) -> tuple[int, int]:
@@ -376,8 +148,10 @@ class BundleSource(Protocol):
 
     def blocks(self, collector_id: str, *, from_sequence: int | None = None,
                to_sequence: int | None = None, from_unix_ms: int | None = None,
-               to_unix_ms: int | None = None) -> AsyncIterator[BlockLine]:
-        """`GET /v1/collectors/{id}/blocks`: sequence bounds inclusive, window start in [from, to)."""
+               to_unix_ms: int | None = None,
+               kind: BlockKindName | None = None) -> AsyncIterator[BlockLine]:
+        """`GET /v1/collectors/{id}/blocks`: sequence bounds inclusive, window start in [from, to),
+        blocks of one kind (None: every block)."""
         ...
 
     def proofs(self, collector_id: str, *, from_sequence: int, to_sequence: int,
@@ -395,115 +169,77 @@ class BundleSource(Protocol):
 
 
 class LedgerSource:
-    """A `BundleSource` over a ledger and its transparency log in this process: the same answers
-    the verifier API gives, without HTTP (tests, and tools that hold the ledger)."""
+    """A `BundleSource` over a ledger and its transparency log in this process: the verifier API's
+    own operations (`VerifierService`, with a scope of every plant), without HTTP (tests, and tools
+    that hold the ledger). Its refusals come back as ExportError, a 404 as SourceNotFoundError."""
 
-    PROOF_BATCH = 2000
+    SCOPE = TokenScope("ledger source", frozenset({ALL_PLANTS}))
 
     def __init__(self, *, ledger: Ledger, log: TransparencyLog, gateway_id: str) -> None:
-        self.ledger = ledger
-        self.log = log
-        self.gateway_id = gateway_id
+        self.service = VerifierService(ledger=ledger, log=log, tokens=Tokens(()),
+                                       gateway_id=gateway_id)
         self.description = f"ledger {ledger!r}"
 
     def __repr__(self) -> str:
-        return f"LedgerSource(ledger={self.ledger!r}, log={self.log!r})"
+        return f"LedgerSource({self.service!r})"
 
-    def _checkpoint(self, stored: Any) -> CheckpointInfo:
-        return CheckpointInfo(stored.note, stored.tree_size, stored.root_hash,
-                              stored.published_unix_ms, self.log.verifier_key)
+    @staticmethod
+    async def _answer(pending: Awaitable[_T]) -> _T:
+        try:
+            return await pending
+        except NotFound as exc:
+            raise SourceNotFoundError(exc.detail) from exc
+        except ApiError as exc:
+            raise ExportError(exc.detail) from exc
 
     async def log_state(self) -> LogState:
-        """The log's state, as `GET /v1/log` gives it."""
-        latest = await self.ledger.checkpoint()
-        size = await self.log.integrate()
-        return LogState(self.log.origin, self.log.verifier_key, size,
-                        None if latest is None else self._checkpoint(latest))
+        """`GET /v1/log`."""
+        return await self._answer(self.service.log_state())
 
     async def publish_checkpoint(self) -> CheckpointInfo:
-        """A checkpoint of the whole log, published now."""
-        return self._checkpoint(await self.log.publish())
+        """`POST /v1/checkpoint`."""
+        return await self._answer(self.service.publish())
 
     async def consistency(self, old_size: int, new_size: int) -> tuple[bytes, ...]:
-        """RFC 9162 consistency proof."""
-        return tuple(await self.log.consistency(old_size, new_size))
+        """`GET /v1/proofs/consistency`."""
+        return tuple(await self._answer(self.service.consistency(old_size, new_size)))
 
     async def collectors(self) -> list[CollectorInfo]:
-        """Every enrolled collector, with the plant its newest configuration names."""
-        keys = await self.ledger.collector_keys()
-        heads = await self.ledger.heads()
-        plants: dict[str, str] = {}
-        async for row in self.ledger.iter_blocks():
-            block = _peek(row.payload)
-            if block is not None and block.kind == pb.BLOCK_KIND_CONFIG:
-                with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                    plant = json.loads(block.config_document).get("plant", {}).get("id")
-                    if isinstance(plant, str):
-                        plants[row.collector_id] = plant
-        return [CollectorInfo(cid, plants.get(cid), heads[cid].sequence if cid in heads else 0,
-                              (CollectorKeyInfo(key.key_id, key.public_key, key.enrolled_unix_ms),))
-                for cid, key in sorted(keys.items())]
+        """`GET /v1/collectors`."""
+        return await self._answer(self.service.collectors(self.SCOPE))
 
     async def unit_collectors(self, plant_id: str, unit_id: str) -> list[str]:
-        """The collectors whose configuration accounts for the unit."""
-        return sorted(await unit_collectors(self.ledger, unit_id=unit_id, plant_id=plant_id))
+        """`GET /v1/plants/{plant}/units/{unit}/collectors`."""
+        return await self._answer(self.service.unit_collectors(self.SCOPE, plant_id, unit_id))
 
     async def blocks(self, collector_id: str, *, from_sequence: int | None = None,
                      to_sequence: int | None = None, from_unix_ms: int | None = None,
-                     to_unix_ms: int | None = None) -> AsyncIterator[BlockLine]:
-        """The collector's stored blocks within the bounds, with their leaf indexes."""
-        batch: list[BlockLine] = []
-        async for row in self.ledger.iter_blocks(collector_id):
-            if from_sequence is not None and row.sequence < from_sequence:
-                continue
-            if to_sequence is not None and row.sequence > to_sequence:
-                break
-            if from_unix_ms is not None or to_unix_ms is not None:
-                block = _peek(row.payload)
-                start = block.window_start_unix_ms if block is not None else 0
-                if (from_unix_ms is not None and start < from_unix_ms) or (
-                        to_unix_ms is not None and start >= to_unix_ms):
-                    continue
-            batch.append(BlockLine(row.sequence, None, row.payload, row.signature, row.key_id))
-            if len(batch) >= self.PROOF_BATCH:
-                for line in await self._with_leaves(collector_id, batch):
-                    yield line
-                batch = []
-        for line in await self._with_leaves(collector_id, batch):
-            yield line
-
-    async def _with_leaves(self, collector_id: str, batch: list[BlockLine]) -> list[BlockLine]:
-        if not batch:
-            return []
-        leaves = await self.ledger.log_leaf_indexes(collector_id, batch[0].sequence,
-                                                    batch[-1].sequence)
-        return [BlockLine(b.sequence, leaves.get(b.sequence), b.payload, b.signature, b.key_id)
-                for b in batch]
+                     to_unix_ms: int | None = None,
+                     kind: BlockKindName | None = None) -> AsyncIterator[BlockLine]:
+        """`GET /v1/collectors/{id}/blocks`."""
+        query = BlockQuery(from_sequence, to_sequence, from_unix_ms, to_unix_ms,
+                           None if kind is None else BLOCK_KINDS[kind])
+        async for page in await self._answer(self.service.open_blocks(self.SCOPE, collector_id,
+                                                                      query)):
+            for line in page:
+                yield line
 
     async def proofs(self, collector_id: str, *, from_sequence: int, to_sequence: int,
                      tree_size: int) -> AsyncIterator[InclusionProof]:
-        """Inclusion proofs of the collector's blocks in the range, to `tree_size`."""
-        first = from_sequence
-        while first <= to_sequence:
-            last = min(to_sequence, first + self.PROOF_BATCH - 1)
-            for proof in await self.log.inclusions(collector_id, first, last, tree_size):
+        """`GET /v1/collectors/{id}/proofs`."""
+        async for page in await self._answer(self.service.open_proofs(
+                self.SCOPE, collector_id, from_sequence=from_sequence, to_sequence=to_sequence,
+                tree_size=tree_size)):
+            for proof in page:
                 yield proof
-            first = last + 1
 
     async def report(self, plant_id: str, unit_id: str, start: date, end: date) -> SignedReport:
-        """`stackline report --format json` of the unit, signed with the log's key."""
-        data = await load_unit_data(self.ledger, unit_id=unit_id, start=start, end=end,
-                                    plant_id=plant_id)
-        document = account_unit(unit=data.unit, blocks=data.blocks, start=start, end=end,
-                                methodology=load_methodology(data.unit.methodology),
-                                gateway_id=self.gateway_id)
-        body = render_json(document).encode("utf-8")
-        return SignedReport(body, sign_report(body, self.log.signing_key), self.log.verifier_key)
+        """`GET /v1/plants/{plant}/units/{unit}/report`."""
+        return await self._answer(self.service.report(self.SCOPE, plant_id, unit_id, start, end))
 
     async def methodology(self, name: str) -> MethodologyFile:
-        """A bundled methodology file by name."""
-        data, methodology = read_methodology(name)
-        return MethodologyFile(methodology.name, data, methodology.digest)
+        """`GET /v1/methodologies/{id}`."""
+        return await self._answer(self.service.methodology(name))
 
 
 def _peek(payload: bytes) -> pb.Block | None:
@@ -645,24 +381,24 @@ class _Exporter:
             part.blocks = last - first + 1 + len(part.configs)
         return part
 
-    async def _find_configs(self, collector_id: str, needed: set[bytes], *, before: int) -> list[BlockLine]:
-        """The newest CONFIG block before `before` for each needed configuration digest."""
+    async def _find_configs(self, collector_id: str, needed: set[bytes], *,
+                            before: int) -> list[BlockLine]:
+        """The newest CONFIG block before `before` for each needed configuration digest: the
+        collector's configuration blocks are asked for by kind (the gateway reads them from an
+        index; they are few), not searched for along the chain."""
         found: dict[bytes, BlockLine] = {}
-        high = before - 1
-        chunk = CONFIG_SEARCH_FIRST
-        while needed - found.keys() and high >= 1:
-            low = max(1, high - chunk + 1)
-            self.progress(f"collector {collector_id}: looking for its configuration in blocks "
-                          f"{low:,}..{high:,}")
-            async for line in self.source.blocks(collector_id, from_sequence=low, to_sequence=high):
+        if needed and before > 1:
+            self.progress(f"collector {collector_id}: looking for its configuration before "
+                          f"block {before:,}")
+            async for line in self.source.blocks(collector_id, to_sequence=before - 1,
+                                                  kind="config"):
                 block = _peek(line.payload)
                 if block is None or block.kind != pb.BLOCK_KIND_CONFIG:
-                    continue
+                    continue  # not what was asked for: the verifier names what is missing
                 digest = bytes(block.config_digest)
                 if digest in needed and (digest not in found
                                          or line.sequence > found[digest].sequence):
                     found[digest] = line
-            high, chunk = low - 1, min(chunk * 2, CONFIG_SEARCH_MAX)
         for digest in sorted(needed - found.keys()):
             self.progress(f"collector {collector_id}: warning: configuration {digest.hex()[:16]} "
                           "is not in its chain before the period")
@@ -799,9 +535,9 @@ async def _plan(source: BundleSource, *, unit_id: str, plant_id: str | None, sta
     say(f"unit {unit_id} of plant {plant}: collectors {', '.join(feeding)}; asking for the report")
     report = await source.report(plant, unit_id, start, end)
     try:
-        document = _obj(json.loads(report.body), "report")
-        timezone = _str(_obj(document.get("plant"), "report plant"), "timezone", "report plant")
-        methodology = _str(_obj(document.get("methodology"), "report methodology"), "name",
+        document = json_object(json.loads(report.body), "report")
+        timezone = json_text(json_object(document.get("plant"), "report plant"), "timezone", "report plant")
+        methodology = json_text(json_object(document.get("methodology"), "report methodology"), "name",
                            "report methodology")
     except (json.JSONDecodeError, UnicodeDecodeError, BundleFormatError) as exc:
         raise ExportError(f"the gateway's report is not a report document: {exc}") from exc
@@ -823,7 +559,7 @@ async def _write(exporter: _Exporter, zipper: _ZipWriter, plan: _Plan) -> tuple[
         # equal sizes need no proof (and equal roots, which the verifier checks)
         consistency = () if previous.tree_size == checkpoint.tree_size else await source.consistency(
             previous.tree_size, checkpoint.tree_size)
-        previous_json = {**previous.as_json(), "consistency": [_b64text(h) for h in consistency]}
+        previous_json = {**previous.as_json(), "consistency": [b64text(h) for h in consistency]}
     for part in parts:
         await exporter.write_proofs(zipper, part, path=f"proofs/{part.collector_id}.ndjson",
                                     tree_size=checkpoint.tree_size)
@@ -833,7 +569,7 @@ async def _write(exporter: _Exporter, zipper: _ZipWriter, plan: _Plan) -> tuple[
     zipper.put(methodology_path, methodology.data)
     zipper.put(REPORT_FILE, plan.report.body)
     zipper.put(REPORT_SIGNATURE_FILE, _json_bytes(
-        {"signature": _b64text(plan.report.signature), "log_key": plan.report.log_key}))
+        {"signature": b64text(plan.report.signature), "log_key": plan.report.log_key}))
     zipper.put(COLLECTORS_FILE, _json_bytes({"collectors": [
         (plan.collectors.get(c) or CollectorInfo(c, plan.plant_id, 0, ())).as_json()
         for c in plan.feeding]}))

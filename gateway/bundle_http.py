@@ -22,20 +22,19 @@ from http.client import HTTPException, HTTPResponse
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.bundle import (
+from gateway.accounting.methodology import MethodologyFile
+from gateway.bundle import BlockKindName, ExportError, SourceNotFoundError
+from gateway.report_signature import SignedReport
+from gateway.translog.log import InclusionProof
+from gateway.verifier_documents import (
     BlockLine,
     BundleFormatError,
     CheckpointInfo,
     CollectorInfo,
-    ExportError,
     LogState,
-    MethodologyFile,
-    SignedReport,
-    SourceNotFoundError,
     parse_base64,
     parse_inclusion_proof,
 )
-from gateway.translog.log import InclusionProof
 from proto.credentials import read_secret
 
 __all__ = ["TOKEN_ENV", "GatewayClient", "GatewayNotFoundError", "GatewayRequestError", "read_token"]
@@ -213,12 +212,13 @@ class GatewayClient:
 
     async def blocks(self, collector_id: str, *, from_sequence: int | None = None,
                      to_sequence: int | None = None, from_unix_ms: int | None = None,
-                     to_unix_ms: int | None = None) -> AsyncIterator[BlockLine]:
+                     to_unix_ms: int | None = None,
+                     kind: BlockKindName | None = None) -> AsyncIterator[BlockLine]:
         """`GET /v1/collectors/{id}/blocks`, streamed."""
         what = f"the blocks of collector {collector_id}"
         async for document in self._lines(f"/v1/collectors/{_part(collector_id)}/blocks", what, {
                 "from_sequence": from_sequence, "to_sequence": to_sequence,
-                "from_unix_ms": from_unix_ms, "to_unix_ms": to_unix_ms}):
+                "from_unix_ms": from_unix_ms, "to_unix_ms": to_unix_ms, "kind": kind}):
             yield self._parsed(what, _block_line, document)
 
     async def proofs(self, collector_id: str, *, from_sequence: int, to_sequence: int,

@@ -39,23 +39,22 @@ from gateway.accounting.methodology import Methodology, MethodologyError, parse_
 from gateway.accounting.render import render_json
 from gateway.accounting.source import load_unit_data
 from gateway.accounting.unit import account_unit
-from gateway.bundle import (
-    BUNDLE_FORMAT,
-    MANIFEST,
+from gateway.bundle import BUNDLE_FORMAT, MANIFEST
+from gateway.errors import GatewayError
+from gateway.ledger.base import CollectorKey, StoredRow
+from gateway.report_signature import verify_report_signature
+from gateway.translog.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, parse_verifier_key
+from gateway.translog.log import InclusionProof
+from gateway.translog.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
+from gateway.verifier import ChainAudit
+from gateway.verifier_documents import (
     BlockLine,
     BundleFormatError,
     CheckpointInfo,
     CollectorInfo,
     parse_base64,
     parse_inclusion_proof,
-    verify_report_signature,
 )
-from gateway.errors import GatewayError
-from gateway.ledger.base import CollectorKey, StoredRow
-from gateway.translog.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, parse_verifier_key
-from gateway.translog.log import InclusionProof
-from gateway.translog.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
-from gateway.verifier import ChainAudit
 from proto.errors import UnacceptableKeyError, VerificationError
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import check_public_key, decode_block, key_id_of

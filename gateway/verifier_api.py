@@ -5,8 +5,10 @@ gateway/verifier_grpc.py), with the same tokens, scope rules and answers.
 
 `VerifierService` holds the operations, free of any transport: each checks the token's scope
 and its parameters before it reads anything, and refuses with an `ApiError` whose `code` both
-transports map (HTTP status, gRPC status code). Streams are async iterators of pages, so an
-answer of any length holds one ledger page in memory.
+transports map (HTTP status, gRPC status code). Its answers are the API's documents
+(gateway/verifier_documents.py), the ones `stackline export` reads back and a bundle holds. Streams
+are async iterators of pages, so an answer of any length holds one ledger page in memory; the
+blocks stream selects by stored columns (a kind from its index), never by parsing payloads.
 
 The HTTP side is a small asyncio HTTP/1.1 server: the request head is parsed and routed by pure
 functions (`parse_request_head`, `route`, `parse_query`), then answered with a Content-Length
@@ -22,7 +24,6 @@ a collector with no configuration is of no known plant, visible only to tokens s
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import enum
 import http
@@ -39,43 +40,47 @@ from urllib.parse import parse_qsl, unquote
 
 from gateway.accounting.methodology import (
     MethodologyError,
+    MethodologyFile,
     MethodologyFileError,
     load_methodology,
-    read_methodology,
+    read_methodology_file,
 )
 from gateway.accounting.render import render_json
 from gateway.accounting.source import UnitData, load_unit_data, unit_collectors
 from gateway.accounting.unit import AccountingError, account_unit
 from gateway.errors import GatewayError, LedgerError
-from gateway.ledger.base import CollectorKey, Ledger, StoredCheckpoint
+from gateway.ledger.base import BlockSelection, Ledger, StoredRow
+from gateway.report_signature import SignedReport, sign_report
 from gateway.tokens import Tokens, TokenScope, bearer_token
 from gateway.translog.log import InclusionProof, TransparencyLog
 from gateway.translog.merkle import ProofRequestError
+from gateway.verifier_documents import (
+    BlockLine,
+    CheckpointInfo,
+    CollectorInfo,
+    CollectorKeyInfo,
+    LogState,
+    b64text,
+)
 from proto.errors import StacklineWireError
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import MAX_SEQUENCE, decode_block
 
 __all__ = [
-    "REPORT_SIGNATURE_CONTEXT",
+    "BLOCK_KINDS",
     "ApiError",
     "BadRequest",
-    "BlockEntry",
     "BlockQuery",
-    "CollectorEntry",
     "Forbidden",
-    "LogState",
     "MethodNotAllowed",
-    "MethodologyFile",
     "NotFound",
     "RequestHead",
     "Route",
-    "SignedReport",
     "Unauthenticated",
     "Unavailable",
     "Unprocessable",
     "VerifierHttpServer",
     "VerifierService",
-    "checkpoint_json",
     "parse_date",
     "parse_query",
     "parse_request_head",
@@ -84,8 +89,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPORT_SIGNATURE_CONTEXT = b"stackline/v1/report\x00"
-"""Prefix of the bytes the log's key signs for a report: the context, then the report's bytes."""
+BLOCK_KINDS: dict[str, int] = {"config": pb.BLOCK_KIND_CONFIG, "readings": pb.BLOCK_KIND_READINGS}
+"""The `kind` filter of the blocks stream: its values over HTTP, and the block kind each selects."""
 
 PAGE_BLOCKS = 256
 """Blocks read from the ledger (and written as one chunk) at a time."""
@@ -175,87 +180,19 @@ class Unavailable(ApiError):
     code, status = "unavailable", 503
 
 
-# --- answers ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BlockEntry:
-    """A stored block as a verifier reads it: the exact signed bytes, and its place in the log."""
-
-    sequence: int
-    leaf_index: int | None
-    payload: bytes
-    signature: bytes
-    key_id: str
-
-    def as_json(self) -> dict[str, object]:
-        """One line of the blocks stream."""
-        return {"sequence": self.sequence, "leaf_index": self.leaf_index,
-                "payload": _b64(self.payload), "signature": _b64(self.signature),
-                "key_id": self.key_id}
-
-
-@dataclass(frozen=True, slots=True)
-class CollectorEntry:
-    """A collector a token may see: its plant, chain head and keys, oldest first."""
-
-    collector_id: str
-    plant_id: str | None
-    chain_head: int
-    keys: tuple[CollectorKey, ...]
-
-    def as_json(self) -> dict[str, object]:
-        """One entry of GET /v1/collectors."""
-        return {"collector_id": self.collector_id, "plant_id": self.plant_id,
-                "chain_head": self.chain_head,
-                "keys": [{"key_id": k.key_id, "public_key": _b64(k.public_key),
-                          "enrolled_unix_ms": k.enrolled_unix_ms} for k in self.keys]}
-
-
-@dataclass(frozen=True, slots=True)
-class LogState:
-    """The log's name and key, its size (leaves integrated so far) and its latest checkpoint."""
-
-    origin: str
-    verifier_key: str
-    tree_size: int
-    checkpoint: StoredCheckpoint | None
-
-    def as_json(self) -> dict[str, object]:
-        """The answer of GET /v1/log."""
-        return {"origin": self.origin, "verifier_key": self.verifier_key,
-                "tree_size": self.tree_size,
-                "checkpoint": None if self.checkpoint is None else checkpoint_json(
-                    self.checkpoint, self.verifier_key)}
-
-
-@dataclass(frozen=True, slots=True)
-class SignedReport:
-    """A report's canonical JSON bytes and the log key's signature over them."""
-
-    body: bytes
-    signature: bytes
-    log_key: str
-
-
-@dataclass(frozen=True, slots=True)
-class MethodologyFile:
-    """A bundled methodology file's bytes and the digest reports cite for it."""
-
-    methodology_id: str
-    document: bytes
-    digest: str
+# --- queries ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class BlockQuery:
-    """Which blocks of a collector: sequences [from, to] and window starts in [from, to) (ms);
-    None leaves an end open."""
+    """Which blocks of a collector: sequences [from, to], window starts in [from, to) (ms), and
+    one kind (`pb.BlockKind`, a value of BLOCK_KINDS); None leaves a bound open."""
 
     from_sequence: int | None = None
     to_sequence: int | None = None
     from_unix_ms: int | None = None
     to_unix_ms: int | None = None
+    kind: int | None = None
 
     def check(self) -> None:
         """BadRequest naming the parameter when the range is impossible."""
@@ -272,27 +209,16 @@ class BlockQuery:
                 and self.from_unix_ms >= self.to_unix_ms):
             raise BadRequest(f"from_unix_ms {self.from_unix_ms} is not before to_unix_ms "
                              f"{self.to_unix_ms}: the range [from, to) would be empty")
+        if self.kind is not None and self.kind not in BLOCK_KINDS.values():
+            raise BadRequest(f"kind {self.kind} is not a kind of block the stream selects: "
+                             f"give BLOCK_KIND_READINGS ({pb.BLOCK_KIND_READINGS}) or "
+                             f"BLOCK_KIND_CONFIG ({pb.BLOCK_KIND_CONFIG}), or leave it unset for "
+                             "every block")
 
-    @property
-    def by_time(self) -> bool:
-        """Whether window starts are filtered (each block's payload is then parsed)."""
-        return self.from_unix_ms is not None or self.to_unix_ms is not None
-
-    def covers(self, window_start_unix_ms: int) -> bool:
-        """Whether a block with this window start is in the time range."""
-        return ((self.from_unix_ms is None or window_start_unix_ms >= self.from_unix_ms)
-                and (self.to_unix_ms is None or window_start_unix_ms < self.to_unix_ms))
-
-
-def checkpoint_json(checkpoint: StoredCheckpoint, verifier_key: str) -> dict[str, object]:
-    """The checkpoint object of the HTTP API."""
-    return {"note": checkpoint.note, "tree_size": checkpoint.tree_size,
-            "root_hash": _b64(checkpoint.root_hash),
-            "published_unix_ms": checkpoint.published_unix_ms, "verifier_key": verifier_key}
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    def selection(self) -> BlockSelection:
+        """The ledger's selection of these blocks (the sequence start is the pages' cursor)."""
+        return BlockSelection(to_sequence=self.to_sequence, kind=self.kind,
+                              from_unix_ms=self.from_unix_ms, to_unix_ms=self.to_unix_ms)
 
 
 def _check_sequence(name: str, value: int | None) -> None:
@@ -337,14 +263,26 @@ def _report_text(data: UnitData, *, start: date, end: date, gateway_id: str) -> 
 
 
 def _read_methodology(methodology_id: str) -> MethodologyFile:
-    """A bundled methodology's file bytes and the digest of exactly those bytes."""
+    """A bundled methodology's file bytes and the digest reports cite for it."""
     try:
-        document, methodology = read_methodology(methodology_id)
+        return read_methodology_file(methodology_id)
     except MethodologyFileError as exc:
         raise Unprocessable(f"the bundled methodology does not load: {exc}") from exc
     except MethodologyError as exc:
         raise NotFound(f"{exc}") from exc
-    return MethodologyFile(methodology_id, document, methodology.digest)
+
+
+def _runs(rows: list[StoredRow]) -> list[tuple[int, int]]:
+    """The runs of consecutive sequences in a page, as (first, last): the leaf indexes of a
+    page are read a run at a time, so a sparse page (configuration blocks far apart) does not
+    read the leaves of the chain between them."""
+    runs: list[tuple[int, int]] = []
+    for row in rows:
+        if runs and row.sequence == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], row.sequence)
+        else:
+            runs.append((row.sequence, row.sequence))
+    return runs
 
 
 # --- the operations --------------------------------------------------------------------------------
@@ -481,9 +419,10 @@ class VerifierService:
         """The log's name, key, size and latest checkpoint."""
         size = await self.ledger.log_tree().size()
         latest = await self.ledger.checkpoint()
-        return LogState(self.log.origin, self.log.verifier_key, size, latest)
+        return LogState(self.log.origin, self.log.verifier_key, size,
+                        None if latest is None else CheckpointInfo.of(latest, self.log.verifier_key))
 
-    async def checkpoint(self, tree_size: int | None) -> StoredCheckpoint:
+    async def checkpoint(self, tree_size: int | None) -> CheckpointInfo:
         """The latest published checkpoint, or the one of that size."""
         if tree_size is not None:
             _check_size("tree_size", tree_size)
@@ -493,11 +432,11 @@ class VerifierService:
                            if tree_size is None else
                            f"no checkpoint of size {tree_size} was published: GET /v1/checkpoint "
                            "gives the latest, POST /v1/checkpoint publishes one now")
-        return found
+        return CheckpointInfo.of(found, self.log.verifier_key)
 
-    async def publish(self) -> StoredCheckpoint:
+    async def publish(self) -> CheckpointInfo:
         """A checkpoint covering every block stored now (published on demand when needed)."""
-        return await self.log.publish()
+        return CheckpointInfo.of(await self.log.publish(), self.log.verifier_key)
 
     async def consistency(self, old_size: int, new_size: int) -> list[bytes]:
         """RFC 9162 consistency proof between two tree sizes."""
@@ -535,47 +474,43 @@ class VerifierService:
 
     # --- collectors and blocks -------------------------------------------------------------------
 
-    async def collectors(self, scope: TokenScope) -> list[CollectorEntry]:
+    async def collectors(self, scope: TokenScope) -> list[CollectorInfo]:
         """Every enrolled collector the token may see, by id."""
         keys = await self.ledger.collector_keys()
         heads = await self.ledger.heads()
-        found: list[CollectorEntry] = []
+        found: list[CollectorInfo] = []
         for collector_id in sorted(keys):
             head = heads[collector_id].sequence if collector_id in heads else 0
             plant_id = await self.plant_of(collector_id, head)
             if scope.may_read(plant_id):
                 # the ledger keeps one row per (collector, key); enrolment refuses a second key
                 # today, so this is the whole history
-                found.append(CollectorEntry(collector_id, plant_id, head, (keys[collector_id],)))
+                found.append(CollectorInfo(collector_id, plant_id, head,
+                                           (CollectorKeyInfo.of(keys[collector_id]),)))
         return found
 
     async def open_blocks(self, scope: TokenScope, collector_id: str,
-                          query: BlockQuery) -> AsyncIterator[list[BlockEntry]]:
+                          query: BlockQuery) -> AsyncIterator[list[BlockLine]]:
         """Check the request, then the blocks a page at a time (no empty pages)."""
         query.check()
         await self._collector_in_scope(scope, collector_id)
         return self._blocks(collector_id, query)
 
-    async def _blocks(self, collector_id: str, query: BlockQuery) -> AsyncIterator[list[BlockEntry]]:
+    async def _blocks(self, collector_id: str, query: BlockQuery) -> AsyncIterator[list[BlockLine]]:
+        # every filter is on stored columns (the kind from its index): no payload is decoded
+        selection = query.selection()
         after = (query.from_sequence or 1) - 1
         while True:
-            limit = PAGE_BLOCKS
-            if query.to_sequence is not None:
-                limit = min(limit, query.to_sequence - after)
-            if limit <= 0:
-                return
-            rows = await self.ledger.read_blocks(collector_id, after_sequence=after, limit=limit)
+            rows = await self.ledger.select_blocks(collector_id, selection, after_sequence=after,
+                                                   limit=PAGE_BLOCKS)
             if not rows:
                 return
-            indexes = await self.ledger.log_leaf_indexes(collector_id, rows[0].sequence,
-                                                         rows[-1].sequence)
-            page = [BlockEntry(row.sequence, indexes.get(row.sequence), row.payload,
-                               row.signature, row.key_id)
-                    for row in rows
-                    if not query.by_time or query.covers(decode_block(row.payload).window_start_unix_ms)]
-            if page:
-                yield page
-            if len(rows) < limit:
+            indexes: dict[int, int] = {}
+            for first, last in _runs(rows):
+                indexes.update(await self.ledger.log_leaf_indexes(collector_id, first, last))
+            yield [BlockLine(row.sequence, indexes.get(row.sequence), row.payload, row.signature,
+                             row.key_id) for row in rows]
+            if len(rows) < PAGE_BLOCKS:
                 return
             after = rows[-1].sequence
 
@@ -633,8 +568,7 @@ class VerifierService:
             except (AccountingError, MethodologyError, ValueError) as exc:
                 raise Unprocessable(f"the unit's data cannot be accounted: {exc}") from exc
         body = text.encode("utf-8")
-        signature = self.log.signing_key.sign(REPORT_SIGNATURE_CONTEXT + body).signature
-        return SignedReport(body, signature, self.log.verifier_key)
+        return SignedReport(body, sign_report(body, self.log.signing_key), self.log.verifier_key)
 
     async def unit_collectors(self, scope: TokenScope, plant_id: str, unit_id: str) -> list[str]:
         """The collectors whose configuration blocks account for the unit, by id."""
@@ -826,6 +760,16 @@ def _int_param(params: Mapping[str, str], name: str, *, required: bool = False) 
     return value
 
 
+def _kind_param(params: Mapping[str, str]) -> int | None:
+    text = params.get("kind")
+    if text is None:
+        return None
+    if text not in BLOCK_KINDS:
+        raise BadRequest(f"parameter kind {text[:40]!r} is not a kind of block: give "
+                         f"{' or '.join(BLOCK_KINDS)} (or leave it out, for every block)")
+    return BLOCK_KINDS[text]
+
+
 def _required_int(params: Mapping[str, str], name: str) -> int:
     value = _int_param(params, name, required=True)
     assert value is not None
@@ -879,7 +823,7 @@ _PARAMETERS: dict[Route, tuple[str, ...]] = {
     Route.LOG: (), Route.PUBLISH: (), Route.COLLECTORS: (), Route.UNIT_COLLECTORS: (),
     Route.METHODOLOGY: (),
     Route.CHECKPOINT: ("tree_size",),
-    Route.BLOCKS: ("from_sequence", "to_sequence", "from_unix_ms", "to_unix_ms"),
+    Route.BLOCKS: ("from_sequence", "to_sequence", "from_unix_ms", "to_unix_ms", "kind"),
     Route.PROOFS: ("from_sequence", "to_sequence", "tree_size"),
     Route.INCLUSION: ("collector_id", "sequence", "tree_size"),
     Route.CONSISTENCY: ("old_size", "new_size"),
@@ -1060,14 +1004,12 @@ class VerifierHttpServer:
     async def _checkpoint(self, scope: TokenScope, args: tuple[str, ...],
                           params: Mapping[str, str]) -> _Answer:
         found = await self.service.checkpoint(_int_param(params, "tree_size"))
-        return _Answer(200, "application/json",
-                       _json(checkpoint_json(found, self.service.log.verifier_key)))
+        return _Answer(200, "application/json", _json(found.as_json()))
 
     async def _publish(self, scope: TokenScope, args: tuple[str, ...],
                        params: Mapping[str, str]) -> _Answer:
         found = await self.service.publish()
-        return _Answer(200, "application/json",
-                       _json(checkpoint_json(found, self.service.log.verifier_key)))
+        return _Answer(200, "application/json", _json(found.as_json()))
 
     async def _collectors(self, scope: TokenScope, args: tuple[str, ...],
                           params: Mapping[str, str]) -> _Answer:
@@ -1079,7 +1021,8 @@ class VerifierHttpServer:
                       params: Mapping[str, str]) -> _Answer:
         blocks = await self.service.open_blocks(scope, args[0], BlockQuery(
             _int_param(params, "from_sequence"), _int_param(params, "to_sequence"),
-            _int_param(params, "from_unix_ms"), _int_param(params, "to_unix_ms")))
+            _int_param(params, "from_unix_ms"), _int_param(params, "to_unix_ms"),
+            _kind_param(params)))
         return _Answer(200, "application/x-ndjson", chunks=_chunks(blocks))
 
     async def _proofs(self, scope: TokenScope, args: tuple[str, ...],
@@ -1104,14 +1047,14 @@ class VerifierHttpServer:
         old_size, new_size = _required_int(params, "old_size"), _required_int(params, "new_size")
         hashes = await self.service.consistency(old_size, new_size)
         return _Answer(200, "application/json", _json(
-            {"old_size": old_size, "new_size": new_size, "hashes": [_b64(h) for h in hashes]}))
+            {"old_size": old_size, "new_size": new_size, "hashes": [b64text(h) for h in hashes]}))
 
     async def _report(self, scope: TokenScope, args: tuple[str, ...],
                       params: Mapping[str, str]) -> _Answer:
         report = await self.service.report(scope, args[0], args[1], _date_param(params, "from"),
                                            _date_param(params, "to"))
         return _Answer(200, "application/json", report.body, (
-            ("Stackline-Report-Signature", _b64(report.signature)),
+            ("Stackline-Report-Signature", b64text(report.signature)),
             ("Stackline-Log-Key", report.log_key)))
 
     async def _unit_collectors(self, scope: TokenScope, args: tuple[str, ...],
@@ -1122,7 +1065,7 @@ class VerifierHttpServer:
     async def _methodology(self, scope: TokenScope, args: tuple[str, ...],
                            params: Mapping[str, str]) -> _Answer:
         found = await self.service.methodology(args[0])
-        return _Answer(200, "text/yaml; charset=utf-8", found.document,
+        return _Answer(200, "text/yaml; charset=utf-8", found.data,
                        (("Stackline-Methodology-Digest", found.digest),))
 
     async def _send(self, writer: asyncio.StreamWriter, answer: _Answer, *,

@@ -13,7 +13,6 @@ service in the schema is answered); `GetCheckpoint{fresh: true}` is `POST /v1/ch
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,18 +21,17 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from gateway.errors import LedgerError
-from gateway.ledger.base import StoredCheckpoint
 from gateway.tokens import TokenScope
 from gateway.translog.log import InclusionProof
 from gateway.verifier_api import (
     ApiError,
     BadRequest,
-    BlockEntry,
     BlockQuery,
     Unavailable,
     VerifierService,
     parse_date,
 )
+from gateway.verifier_documents import BlockLine, CheckpointInfo, b64text
 from proto.errors import StacklineWireError
 from proto.stackline.v1 import stackline_pb2 as pb
 
@@ -78,9 +76,9 @@ def _parse(message: type[_M], raw: bytes) -> _M:
         raise BadRequest(f"the request is not a stackline.v1.{message.__name__}: {exc}") from exc
 
 
-def _checkpoint(found: StoredCheckpoint, verifier_key: str) -> pb.CheckpointResponse:
+def _checkpoint(found: CheckpointInfo) -> pb.CheckpointResponse:
     return pb.CheckpointResponse(note=found.note, tree_size=found.tree_size,
-                                 root_hash=found.root_hash, verifier_key=verifier_key,
+                                 root_hash=found.root_hash, verifier_key=found.verifier_key,
                                  published_unix_ms=found.published_unix_ms)
 
 
@@ -90,7 +88,7 @@ def _inclusion_proof(proof: InclusionProof) -> bytes:
         collector_id=proof.collector_id, sequence=proof.sequence).SerializeToString()
 
 
-def _logged_block(entry: BlockEntry) -> bytes:
+def _logged_block(entry: BlockLine) -> bytes:
     logged = pb.LoggedBlock(block=pb.SignedBlock(payload=entry.payload, signature=entry.signature,
                                                  key_id=entry.key_id),
                             sequence=entry.sequence)
@@ -133,27 +131,26 @@ class VerifierRpc:
     async def call(self, method: str, raw: bytes, *, authorization: str | None,
                    peer: str) -> RpcAnswer:
         """Answer a unary method; ApiError (counted and logged) when refused."""
-        scope: TokenScope | None = None
-        try:
-            scope = self.service.authenticate(authorization)
-            return await self.unary[method](scope, raw)
-        except ApiError as exc:
-            self._refused(exc, peer, scope, method)
-            raise
-        except LedgerError as exc:
-            error = Unavailable("the gateway's ledger failed; try again later")
-            log.exception("verifier API (grpc): the ledger failed answering %s", method)
-            self._refused(error, peer, scope, method)
-            raise error from exc
+        _, answer = await self._checked(method, authorization, peer,
+                                        lambda scope: self.unary[method](scope, raw))
+        return answer
 
     async def open_stream(self, method: str, raw: bytes, *, authorization: str | None,
                           peer: str) -> AsyncIterator[bytes]:
         """Check a streaming request, then its messages; ApiError (counted and logged) when
         refused, or when the ledger fails part way (Unavailable)."""
+        scope, messages = await self._checked(method, authorization, peer,
+                                              lambda scope: self.streams[method](scope, raw))
+        return self._guarded(messages, method, peer, scope)
+
+    async def _checked(self, method: str, authorization: str | None, peer: str,
+                       answer: Callable[[TokenScope], Awaitable[_T]]) -> tuple[TokenScope, _T]:
+        """The token's scope and the method's answer; a refusal or a failed ledger is counted,
+        logged and raised as an ApiError."""
         scope: TokenScope | None = None
         try:
             scope = self.service.authenticate(authorization)
-            messages = await self.streams[method](scope, raw)
+            return scope, await answer(scope)
         except ApiError as exc:
             self._refused(exc, peer, scope, method)
             raise
@@ -162,7 +159,6 @@ class VerifierRpc:
             log.exception("verifier API (grpc): the ledger failed answering %s", method)
             self._refused(error, peer, scope, method)
             raise error from exc
-        return self._guarded(messages, method, peer, scope)
 
     async def _guarded(self, messages: AsyncIterator[bytes], method: str, peer: str,
                        scope: TokenScope) -> AsyncIterator[bytes]:
@@ -198,7 +194,7 @@ class VerifierRpc:
         request = _parse(pb.BlocksRequest, raw)
         pages = await self.service.open_blocks(scope, request.collector_id, BlockQuery(
             request.from_sequence or None, request.to_sequence or None,
-            request.from_unix_ms or None, request.to_unix_ms or None))
+            request.from_unix_ms or None, request.to_unix_ms or None, request.kind or None))
         return _messages(pages, _logged_block)
 
     async def _stream_inclusion_proofs(self, scope: TokenScope,
@@ -217,7 +213,7 @@ class VerifierRpc:
         response = pb.LogResponse(origin=state.origin, verifier_key=state.verifier_key,
                                   tree_size=state.tree_size)
         if state.checkpoint is not None:
-            response.checkpoint.CopyFrom(_checkpoint(state.checkpoint, state.verifier_key))
+            response.checkpoint.CopyFrom(_checkpoint(state.checkpoint))
         return RpcAnswer(response.SerializeToString())
 
     async def _get_checkpoint(self, scope: TokenScope, raw: bytes) -> RpcAnswer:
@@ -230,7 +226,7 @@ class VerifierRpc:
             found = await self.service.publish()
         else:
             found = await self.service.checkpoint(request.tree_size or None)
-        return RpcAnswer(_checkpoint(found, self.service.log.verifier_key).SerializeToString())
+        return RpcAnswer(_checkpoint(found).SerializeToString())
 
     async def _get_inclusion_proof(self, scope: TokenScope, raw: bytes) -> RpcAnswer:
         request = _parse(pb.InclusionProofRequest, raw)
@@ -251,7 +247,7 @@ class VerifierRpc:
                                            parse_date("from_date", request.from_date),
                                            parse_date("to_date", request.to_date))
         return RpcAnswer(pb.ReportResponse(report_json=report.body).SerializeToString(), (
-            ("stackline-report-signature", base64.b64encode(report.signature).decode("ascii")),
+            ("stackline-report-signature", b64text(report.signature)),
             ("stackline-log-key", report.log_key)))
 
     async def _list_unit_collectors(self, scope: TokenScope, raw: bytes) -> RpcAnswer:
@@ -262,5 +258,5 @@ class VerifierRpc:
     async def _get_methodology(self, scope: TokenScope, raw: bytes) -> RpcAnswer:
         request = _parse(pb.MethodologyRequest, raw)
         found = await self.service.methodology(request.methodology_id)
-        return RpcAnswer(pb.MethodologyResponse(document=found.document,
+        return RpcAnswer(pb.MethodologyResponse(document=found.data,
                                                 digest=found.digest).SerializeToString())

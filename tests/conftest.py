@@ -1,4 +1,5 @@
-"""Shared fixtures: paths, free ports, waiting on a condition with a deadline, and PostgreSQL."""
+"""Shared fixtures: paths, free ports, waiting on a condition with a deadline, PostgreSQL, and
+every ledger backend in turn."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from gateway.ledger import Ledger, PostgresLedger, SqliteLedger
 from tests.serial_pty import pty_pair  # noqa: F401 - a fixture, shared by the serial tests
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,3 +164,18 @@ def postgres_database(postgres: PostgresServer) -> Iterator[str]:
         yield with_database(postgres.admin_url, name)
     finally:
         run_async(pg_execute(postgres.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
+    """An empty ledger of each backend in turn (a SQLite file; a fresh PostgreSQL schema), closed
+    after the test: for tests of the `Ledger` contract that every backend must keep."""
+    opened: SqliteLedger | PostgresLedger
+    if request.param == "sqlite":
+        opened = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    else:
+        opened = PostgresLedger(url=request.getfixturevalue("postgres_url"))
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -22,8 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import bundle as bundle_module
-from gateway.bundle import LedgerSource, export_bundle
+from gateway.bundle import BlockKindName, LedgerSource, export_bundle
 from gateway.bundle_verify import (
     FAILURE_CODES,
     LogKeyError,
@@ -36,6 +35,7 @@ from gateway.bundle_verify import (
 from gateway.ledger import Ledger, SqliteLedger, VerifiedBlock
 from gateway.translog.checkpoint import verifier_key
 from gateway.translog.log import TransparencyLog
+from gateway.verifier_documents import BlockLine
 from tests.demo_blocks import DemoCollector
 from tests.support import run_stackline
 from tests.test_accounting_unit import DAY, day_of_blocks
@@ -425,25 +425,49 @@ def test_other_disorder_is_out_of_order_and_sorted_input_is_fine() -> None:
     assert _missing([10, 12], [(10, 12), (14, 14)]) == [(11, 11), (14, 14)]
 
 
-def test_the_configuration_is_found_far_before_the_period(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A CONFIG block long before the period: the export searches back along the chain in growing
-    chunks and includes it; the verifier accepts the declared gap between it and the period."""
-    monkeypatch.setattr(bundle_module, "CONFIG_SEARCH_FIRST", 4)
+class _CountingSource(LedgerSource):
+    """A ledger source that counts the blocks each blocks request streams, by its bounds."""
+
+    def __init__(self, *, ledger: Ledger, log: TransparencyLog, gateway_id: str) -> None:
+        super().__init__(ledger=ledger, log=log, gateway_id=gateway_id)
+        self.streamed: list[tuple[dict[str, Any], int]] = []
+
+    async def blocks(self, collector_id: str, *, from_sequence: int | None = None,
+                     to_sequence: int | None = None, from_unix_ms: int | None = None,
+                     to_unix_ms: int | None = None,
+                     kind: BlockKindName | None = None) -> AsyncIterator[BlockLine]:
+        count = 0
+        async for line in super().blocks(collector_id, from_sequence=from_sequence,
+                                         to_sequence=to_sequence, from_unix_ms=from_unix_ms,
+                                         to_unix_ms=to_unix_ms, kind=kind):
+            count += 1
+            yield line
+        bounds = {"from_sequence": from_sequence, "to_sequence": to_sequence,
+                  "from_unix_ms": from_unix_ms, "to_unix_ms": to_unix_ms, "kind": kind}
+        self.streamed.append(({k: v for k, v in bounds.items() if v is not None}, count))
+
+
+def test_the_configuration_is_found_far_before_the_period(tmp_path: Path) -> None:
+    """A CONFIG block a day and a half of blocks before the period: the export asks for the
+    collector's configuration blocks by kind and includes the one in force, without streaming
+    the chain between; the verifier accepts the declared gap between it and the period."""
     plant = DemoCollector(COLLECTOR)
     day, _ = day_of_blocks()
     early = [plant.config_block()[1]]
-    for entry in day[:30]:  # a morning two days before
-        block = type(entry.block)()
-        block.CopyFrom(entry.block)
-        block.window_start_unix_ms -= 2 * 86_400_000
-        block.window_end_unix_ms -= 2 * 86_400_000
-        for reading in block.readings:
-            reading.time_unix_ms -= 2 * 86_400_000
-        early.append(plant.reseal(block)[1])
+    for days_before, entries in ((2, day), (1, day[:700])):  # 2,140 blocks before the period
+        for entry in entries:
+            block = type(entry.block)()
+            block.CopyFrom(entry.block)
+            block.window_start_unix_ms -= days_before * 86_400_000
+            block.window_end_unix_ms -= days_before * 86_400_000
+            for reading in block.readings:
+                reading.time_unix_ms -= days_before * 86_400_000
+            early.append(plant.reseal(block)[1])
     blocks = early + [plant.reseal(entry.block)[1] for entry in day[:180]]
+    first = len(early) + 1
     out = tmp_path / "b.zip"
     messages: list[str] = []
+    streamed: list[tuple[dict[str, Any], int]] = []
 
     async def build() -> None:
         ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
@@ -453,17 +477,21 @@ def test_the_configuration_is_found_far_before_the_period(tmp_path: Path,
             log = TransparencyLog(ledger=ledger, origin=ORIGIN,
                                   signing_key=nacl.signing.SigningKey.generate())
             await log.start()
-            await export_bundle(LedgerSource(ledger=ledger, log=log, gateway_id="gw-1"), unit_id="unit-1",
-                                plant_id="demo-plant", start=DAY, end=NEXT_DAY, out=out,
-                                progress=messages.append)
+            source = _CountingSource(ledger=ledger, log=log, gateway_id="gw-1")
+            await export_bundle(source, unit_id="unit-1", plant_id="demo-plant", start=DAY,
+                                end=NEXT_DAY, out=out, progress=messages.append)
+            streamed.extend(source.streamed)
         finally:
             await ledger.close()
 
     asyncio.run(build())
-    # back from block 31: 28..31, 20..27, 4..19, then 1..3
-    assert sum("looking for its configuration" in m for m in messages) == 4
+    assert f"collector {COLLECTOR}: looking for its configuration before block {first:,}" in messages
+    # one request for the period's window, one for the configuration blocks before it: the
+    # blocks streamed are the bundle's, not the chain's
+    assert streamed[1] == ({"to_sequence": first - 1, "kind": "config"}, 1)
+    assert sum(count for _, count in streamed) == 1 + 180
     manifest = json.loads(_entries(out)["manifest.json"])
-    assert manifest["collectors"][0]["ranges"] == [[1, 1], [32, 211]]
+    assert manifest["collectors"][0]["ranges"] == [[1, 1], [first, first + 179]]
     verdict = _verify(out, None)
     assert verdict.ok, [f.to_json() for f in verdict.failures]
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]

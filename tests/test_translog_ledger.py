@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nacl.signing
@@ -31,19 +30,6 @@ from tests.demo_blocks import DemoCollector
 ORIGIN = "stackline.test/log"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
-    opened: SqliteLedger | PostgresLedger
-    if request.param == "sqlite":
-        opened = SqliteLedger(path=tmp_path / "ledger.sqlite")
-    else:
-        opened = PostgresLedger(url=request.getfixturevalue("postgres_url"))
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 async def _store(ledger: Ledger, plant: DemoCollector, blocks: int) -> list[bytes]:
     chain = plant.chain(blocks)
     await ledger.append(plant.collector_id, chain, transport="test", peer="test",
@@ -51,23 +37,23 @@ async def _store(ledger: Ledger, plant: DemoCollector, blocks: int) -> list[byte
     return [b.payload for b in chain]
 
 
-async def test_leaves_follow_acceptance_order_and_the_root_is_rfc_9162s(ledger: Ledger) -> None:
+async def test_leaves_follow_acceptance_order_and_the_root_is_rfc_9162s(any_ledger: Ledger) -> None:
     a, b = DemoCollector("plant-a-c1"), DemoCollector("plant-b-c1")
-    accepted = await _store(ledger, a, 3)          # a#1..4
-    accepted += await _store(ledger, b, 2)         # b#1..3
-    accepted += await _store(ledger, a, 2)         # a#5..6
-    assert await ledger.log_integrate(max_leaves=4) == (4, 4)   # in batches, in order
-    assert await ledger.log_integrate(max_leaves=100) == (9, 5)
-    assert await ledger.log_integrate(max_leaves=100) == (9, 0)
-    tree = ledger.log_tree()
+    accepted = await _store(any_ledger, a, 3)          # a#1..4
+    accepted += await _store(any_ledger, b, 2)         # b#1..3
+    accepted += await _store(any_ledger, a, 2)         # a#5..6
+    assert await any_ledger.log_integrate(max_leaves=4) == (4, 4)   # in batches, in order
+    assert await any_ledger.log_integrate(max_leaves=100) == (9, 5)
+    assert await any_ledger.log_integrate(max_leaves=100) == (9, 0)
+    tree = any_ledger.log_tree()
     leaves = [leaf_hash(p) for p in accepted]
     for size in range(len(leaves) + 1):
         assert await tree.root(size) == root_from_leaves(leaves[:size])
-    assert await ledger.log_leaf(4) == ("plant-b-c1", 1)
-    assert await ledger.log_leaf(9) is None
-    assert await ledger.log_leaf_indexes("plant-a-c1", 4, 6) == {4: 3, 5: 7, 6: 8}
-    assert await ledger.log_latest_leaf("plant-a-c1", below_size=7) == (4, 3)
-    assert await ledger.log_latest_leaf("plant-b-c1", below_size=4) is None
+    assert await any_ledger.log_leaf(4) == ("plant-b-c1", 1)
+    assert await any_ledger.log_leaf(9) is None
+    assert await any_ledger.log_leaf_indexes("plant-a-c1", 4, 6) == {4: 3, 5: 7, 6: 8}
+    assert await any_ledger.log_latest_leaf("plant-a-c1", below_size=7) == (4, 3)
+    assert await any_ledger.log_latest_leaf("plant-b-c1", below_size=4) is None
     root = await tree.root(9)
     for index, leaf in enumerate(leaves):
         verify_inclusion(leaf_hash=leaf, index=index, size=9,
@@ -80,42 +66,42 @@ async def test_leaves_follow_acceptance_order_and_the_root_is_rfc_9162s(ledger: 
 
 
 async def test_checkpoints_are_signed_kept_once_per_size_and_bind_the_ledger_to_one_key(
-        ledger: Ledger) -> None:
+        any_ledger: Ledger) -> None:
     plant = DemoCollector()
     key = nacl.signing.SigningKey.generate()
-    log = TransparencyLog(ledger=ledger, origin=ORIGIN, signing_key=key)
+    log = TransparencyLog(ledger=any_ledger, origin=ORIGIN, signing_key=key)
     await log.start()
-    await _store(ledger, plant, 4)
+    await _store(any_ledger, plant, 4)
     first = await log.publish()
     assert first.tree_size == 5
     parsed = parse_checkpoint(first.note, name=ORIGIN, public_key=bytes(key.verify_key))
     assert (parsed.origin, parsed.size, parsed.root_hash) == (ORIGIN, 5, first.root_hash)
     assert await log.publish() == first            # nothing new: the same checkpoint
-    await _store(ledger, plant, 3)
+    await _store(any_ledger, plant, 3)
     second = await log.publish()
     assert second.tree_size == 8
-    assert await ledger.checkpoint() == second
-    assert await ledger.checkpoint(5) == first
-    assert await ledger.checkpoints(before_size=8) == [first]
+    assert await any_ledger.checkpoint() == second
+    assert await any_ledger.checkpoint(5) == first
+    assert await any_ledger.checkpoints(before_size=8) == [first]
     proof = await log.consistency(5, 8)
     verify_consistency(old_size=5, new_size=8, old_root=first.root_hash,
                        new_root=second.root_hash, proof=proof)
-    audited = await audit_log(ledger)
+    audited = await audit_log(any_ledger)
     assert audited.ok and (audited.size, audited.checkpoints_checked) == (8, 2), audited.findings
-    # another gateway of this ledger with another key must not sign its checkpoints
-    other = TransparencyLog(ledger=ledger, origin=ORIGIN,
+    # another gateway of this any_ledger with another key must not sign its checkpoints
+    other = TransparencyLog(ledger=any_ledger, origin=ORIGIN,
                             signing_key=nacl.signing.SigningKey.generate())
     with pytest.raises(LogKeyMismatch, match=r"same log\.key_file"):
         await other.start()
 
 
-async def test_a_receipt_proves_the_newest_block_and_that_the_log_only_grew(ledger: Ledger) -> None:
+async def test_a_receipt_proves_the_newest_block_and_that_the_log_only_grew(any_ledger: Ledger) -> None:
     plant = DemoCollector()
     key = nacl.signing.SigningKey.generate()
-    log = TransparencyLog(ledger=ledger, origin=ORIGIN, signing_key=key)
+    log = TransparencyLog(ledger=any_ledger, origin=ORIGIN, signing_key=key)
     await log.start()
     assert await log.receipt(plant.collector_id, 0) is None  # nothing published yet
-    payloads = await _store(ledger, plant, 2)
+    payloads = await _store(any_ledger, plant, 2)
     first = await log.publish()
     receipt = await log.receipt(plant.collector_id, 0)
     assert receipt is not None
@@ -123,7 +109,7 @@ async def test_a_receipt_proves_the_newest_block_and_that_the_log_only_grew(ledg
     verify_inclusion(leaf_hash=leaf_hash(payloads[2]), index=2, size=3,
                      proof=list(receipt.inclusion_path), root=first.root_hash)
     assert await log.receipt(plant.collector_id, 3) is None  # it holds this one already
-    await _store(ledger, plant, 2)
+    await _store(any_ledger, plant, 2)
     second = await log.publish()
     grown = await log.receipt(plant.collector_id, 3)
     assert grown is not None and grown.consistency_from_size == 3

@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +34,21 @@ from collector.totalizer import TotalizerTracker
 from gateway.accounting.methodology import load_methodology
 from gateway.config import GatewayConfig, LoadedGatewayConfig, load_gateway_config
 from gateway.errors import ConfigError, LedgerError
-from gateway.ledger import CollectorKey, VerifiedBlock
+from gateway.ledger import (
+    BlockSelection,
+    CollectorKey,
+    Ledger,
+    PostgresLedger,
+    SqliteLedger,
+    VerifiedBlock,
+)
+from gateway.ledger.selection import selection_query
+from gateway.report_signature import REPORT_SIGNATURE_CONTEXT
 from gateway.runtime import GatewayRuntime
 from gateway.tokens import Tokens, TokenScope, bearer_token, token_digest
 from gateway.translog.checkpoint import parse_checkpoint, parse_verifier_key
 from gateway.translog.merkle import leaf_hash, verify_consistency, verify_inclusion
 from gateway.verifier_api import (
-    REPORT_SIGNATURE_CONTEXT,
     ApiError,
     BadRequest,
     MethodNotAllowed,
@@ -51,8 +60,8 @@ from gateway.verifier_api import (
 )
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.stackline.v1.stackline_pb2_grpc import VerifierStub
-from proto.wire import SIGNATURE_CONTEXT
-from tests.conftest import free_port
+from proto.wire import SIGNATURE_CONTEXT, BlockDraft
+from tests.conftest import free_port, pg_fetchval, run_async
 from tests.demo_blocks import BASE_MS, TICK_MS, DemoCollector
 from tests.support import run_stackline, write_plant
 
@@ -82,6 +91,16 @@ def plant_b_collector(directory: Path) -> DemoCollector:
         for device in collector.plan.devices for point in device.points
         if point.totalizer is not None}
     return collector
+
+
+def config_again(collector: DemoCollector) -> VerifiedBlock:
+    """The collector's configuration recorded again further along its chain (as a collector does
+    when it is reconfigured), in the window of its next tick."""
+    start = BASE_MS + collector.ticks * TICK_MS
+    return collector._seal(BlockDraft(
+        collector_id=collector.collector_id, window_start_unix_ms=start, window_end_unix_ms=start,
+        readings=(), config_digest=collector.plan.config_digest, kind=pb.BLOCK_KIND_CONFIG,
+        config_document=collector.plan.config_document))[1]
 
 
 @dataclass
@@ -126,7 +145,9 @@ class Gateway:
         return await asyncio.to_thread(_request, self.http_port, method, path, token)
 
     async def grow(self, collector: DemoCollector, count: int) -> None:
-        blocks = collector.chain(count)
+        await self.store(collector, collector.chain(count))
+
+    async def store(self, collector: DemoCollector, blocks: list[VerifiedBlock]) -> None:
         await self.runtime.ledger.append(collector.collector_id, blocks, transport="test",
                                          peer="test", received_unix_ms=0)
         self.stored.setdefault(collector.collector_id, []).extend(blocks)
@@ -224,6 +245,54 @@ async def test_blocks_stream_the_stored_signed_bytes(gateway: Gateway) -> None:
     assert [line["sequence"] for line in timed.lines()] == [12, 13, 14]  # ticks 10..12
     nothing = await gateway.get("/v1/collectors/demo-plant-c1/blocks?from_sequence=1000")
     assert (nothing.status, nothing.body) == (200, b"")
+
+
+async def test_blocks_of_one_kind_configuration_or_readings(gateway: Gateway,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    middle = config_again(gateway.a)  # #42, in the window of tick 40
+    await gateway.store(gateway.a, [middle])
+    await gateway.grow(gateway.a, 3)  # #43..45, the first of them in the window of tick 40 too
+    await gateway.publish()
+    path = "/v1/collectors/demo-plant-c1/blocks"
+    every = {line["sequence"]: line for line in (await gateway.get(path)).lines()}
+    monkeypatch.setattr("gateway.verifier_api.PAGE_BLOCKS", 4)  # several pages of each answer
+
+    async def sequences(query: str) -> list[int]:
+        reply = await gateway.get(f"{path}?{query}")
+        assert reply.status == 200, reply.body
+        lines = reply.lines()
+        assert lines == [every[line["sequence"]] for line in lines]  # the same lines, leaves too
+        return [line["sequence"] for line in lines]
+
+    assert await sequences("kind=config") == [1, 42]
+    assert base64.b64decode(every[42]["payload"]) == middle.payload
+    assert isinstance(every[42]["leaf_index"], int)
+    assert await sequences("kind=readings") == [*range(2, 42), 43, 44, 45]
+    # with the other filters, as "and"
+    assert await sequences("kind=config&from_sequence=2") == [42]
+    assert await sequences("kind=config&to_sequence=41") == [1]
+    assert await sequences("kind=readings&from_sequence=40&to_sequence=43") == [40, 41, 43]
+    tick_40 = f"from_unix_ms={BASE_MS + 40 * TICK_MS}&to_unix_ms={BASE_MS + 41 * TICK_MS}"
+    assert await sequences(tick_40) == [42, 43]
+    assert await sequences(f"{tick_40}&kind=config") == [42]
+    assert await sequences(f"{tick_40}&kind=readings") == [43]
+    assert await sequences("kind=config&from_sequence=43") == []
+
+
+async def test_a_time_range_decodes_no_payload(gateway: Gateway,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window filter reads the stored window columns: no block is parsed to select it."""
+    path = "/v1/collectors/demo-plant-c1/blocks"
+    assert (await gateway.get(path)).status == 200  # the plant lookup (one block parsed) is cached
+
+    def no_decoding(payload: bytes) -> Any:
+        raise AssertionError("a payload was decoded to select blocks by time")
+    monkeypatch.setattr("gateway.verifier_api.decode_block", no_decoding)
+    start = BASE_MS + 30 * TICK_MS
+    timed = await gateway.get(f"{path}?from_unix_ms={start}")
+    assert [line["sequence"] for line in timed.lines()] == list(range(32, READINGS_BLOCKS + 2))
+    before = await gateway.get(f"{path}?to_unix_ms={BASE_MS + TICK_MS}&kind=readings")
+    assert [line["sequence"] for line in before.lines()] == [2]  # tick 0; the CONFIG block is #1
 
 
 async def test_a_block_not_yet_in_the_log_has_no_leaf_index(gateway: Gateway) -> None:
@@ -407,6 +476,8 @@ BAD_PARAMETERS = [
     ("/v1/collectors/demo-plant-c1/blocks?from_unix_ms=5&to_unix_ms=5", "from_unix_ms"),
     ("/v1/collectors/demo-plant-c1/blocks?from_unix_ms=1e9", "from_unix_ms"),
     ("/v1/collectors/demo-plant-c1/blocks?from_seq=1", "from_seq"),
+    ("/v1/collectors/demo-plant-c1/blocks?kind=all", "kind"),
+    ("/v1/collectors/demo-plant-c1/blocks?kind=CONFIG", "kind"),
     ("/v1/collectors/demo-plant-c1/blocks?from_sequence=1&from_sequence=2", "from_sequence"),
     ("/v1/collectors/demo-plant-c1/blocks?from_sequence", "query string"),
     ("/v1/collectors/demo-plant-c1/proofs", "tree_size"),
@@ -481,14 +552,16 @@ async def test_an_http_1_0_client_gets_the_stream_without_chunks(gateway: Gatewa
 async def test_a_ledger_failure_is_unavailable_or_cuts_the_stream(
         gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = gateway.runtime.ledger
-    read_blocks = ledger.read_blocks
+    select_blocks = ledger.select_blocks
 
-    async def failing(collector_id: str, *, after_sequence: int, limit: int) -> Any:
-        if after_sequence == 20:  # the stream's third page (the plant lookup reads #41)
+    async def failing(collector_id: str, selection: BlockSelection, *, after_sequence: int,
+                      limit: int) -> Any:
+        if after_sequence == 20:  # the stream's third page
             raise LedgerError("the disk is on fire")
-        return await read_blocks(collector_id, after_sequence=after_sequence, limit=limit)
+        return await select_blocks(collector_id, selection, after_sequence=after_sequence,
+                                   limit=limit)
     monkeypatch.setattr("gateway.verifier_api.PAGE_BLOCKS", 10)
-    monkeypatch.setattr(ledger, "read_blocks", failing)
+    monkeypatch.setattr(ledger, "select_blocks", failing)
     with pytest.raises(http.client.IncompleteRead) as caught:
         await gateway.get("/v1/collectors/demo-plant-c1/blocks?to_sequence=30")
     received = [json.loads(line) for line in caught.value.partial.splitlines()]
@@ -786,6 +859,27 @@ async def test_grpc_answers_the_same_with_the_same_scopes(gateway: Gateway) -> N
         assert methodology.digest == load_methodology("cn-mee-2022").digest
 
 
+async def test_grpc_streams_blocks_of_one_kind_as_http_does(gateway: Gateway) -> None:
+    await gateway.store(gateway.a, [config_again(gateway.a)])  # #42
+    async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+        stub = VerifierStub(channel)
+
+        async def sequences(**fields: Any) -> list[int]:
+            request = pb.BlocksRequest(collector_id="demo-plant-c1", **fields)
+            return [m.sequence async for m in stub.StreamBlocks(request, metadata=_auth(TOKEN_A))]
+
+        http_configs = (await gateway.get("/v1/collectors/demo-plant-c1/blocks?kind=config"))
+        assert await sequences(kind=pb.BLOCK_KIND_CONFIG) == [1, 42] == [
+            line["sequence"] for line in http_configs.lines()]
+        assert await sequences(kind=pb.BLOCK_KIND_CONFIG, from_sequence=2) == [42]
+        assert await sequences(kind=pb.BLOCK_KIND_READINGS, to_sequence=4) == [2, 3, 4]
+        assert len(await sequences(kind=pb.BLOCK_KIND_UNSPECIFIED)) == READINGS_BLOCKS + 2
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sequences(kind=7)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "kind 7" in (caught.value.details() or "")
+
+
 async def test_grpc_refusals(gateway: Gateway) -> None:
     async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
         stub = VerifierStub(channel)
@@ -973,6 +1067,56 @@ def test_the_token_command_prints_a_token_and_its_stanza(tmp_path: Path) -> None
         "plants"] == ["*"]
     bad = run_stackline("gateway", "token", "--name", "two words", "--plants", "p")
     assert bad.returncode == 2 and "--name" in bad.stderr
+
+
+# --- the ledger's selection, on every backend ---------------------------------------------------------
+
+
+def _plan(ledger: Ledger, query: str, args: list[object]) -> str:
+    """The store's plan for a query, read behind the ledger's back."""
+    if isinstance(ledger, SqliteLedger):
+        with contextlib.closing(sqlite3.connect(ledger.path)) as db:
+            return " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {query}", args))
+    assert isinstance(ledger, PostgresLedger)
+    plan = run_async(pg_fetchval(ledger.url, f"EXPLAIN (FORMAT JSON) {query}", *args))
+    return str(plan)
+
+
+async def test_a_ledger_selects_blocks_by_kind_window_and_sequence(any_ledger: Ledger) -> None:
+    plant = DemoCollector()
+    blocks = [*plant.chain(300), config_again(plant), *plant.chain(20)]  # CONFIG #1 and #302
+    await any_ledger.enroll(plant.key)
+    for start in range(0, len(blocks), 100):
+        await any_ledger.append(plant.collector_id, blocks[start:start + 100], transport="test",
+                                peer="test", received_unix_ms=0)
+
+    async def select(*, after: int = 0, limit: int = 1000, **bounds: Any) -> list[int]:
+        rows = await any_ledger.select_blocks(plant.collector_id, BlockSelection(**bounds),
+                                              after_sequence=after, limit=limit)
+        assert [row.payload for row in rows] == [blocks[row.sequence - 1].payload for row in rows]
+        return [row.sequence for row in rows]
+
+    config, readings = pb.BLOCK_KIND_CONFIG, pb.BLOCK_KIND_READINGS
+    assert await select(kind=config) == [1, 302]
+    assert await select(kind=config, after=1) == [302]
+    assert await select(kind=config, limit=1) == [1]
+    assert await select(kind=config, to_sequence=301) == [1]
+    assert await select(kind=readings) == [*range(2, 302), *range(303, 323)]
+    assert await select(kind=readings, after=290, limit=15) == [*range(291, 302), *range(303, 307)]
+    tick = BASE_MS + 300 * TICK_MS  # the window of CONFIG #302 and of readings #303
+    assert await select(from_unix_ms=BASE_MS + 10 * TICK_MS, to_unix_ms=BASE_MS + 13 * TICK_MS) == [
+        12, 13, 14]  # window starts in [from, to)
+    assert await select(from_unix_ms=tick, to_unix_ms=tick + 1) == [302, 303]
+    assert await select(from_unix_ms=tick, kind=readings, to_sequence=304) == [303, 304]
+    assert await select(to_unix_ms=BASE_MS + 1) == [1, 2]
+    assert await any_ledger.select_blocks("nobody", BlockSelection(), after_sequence=0,
+                                          limit=10) == []
+    # the configuration blocks come from the partial index, not from a read of the chain
+    query, args = selection_query(plant.collector_id, BlockSelection(kind=config),
+                                  after_sequence=0, limit=10,
+                                  placeholder=(lambda _n: "?") if isinstance(any_ledger, SqliteLedger)
+                                  else (lambda n: f"${n}"))
+    assert "blocks_config" in _plan(any_ledger, query, args)
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ __all__ = [
     "Methodology",
     "MethodologyDocument",
     "MethodologyError",
+    "MethodologyFile",
     "MethodologyFileError",
     "NoValueInForceError",
     "ParameterValue",
@@ -64,6 +65,7 @@ __all__ = [
     "load_methodology",
     "parse_methodology",
     "read_methodology",
+    "read_methodology_file",
 ]
 
 BUNDLED_PACKAGE = "gateway.accounting"
@@ -223,6 +225,17 @@ class Methodology:
         return tuple(int(item) for item in value)
 
 
+@dataclass(frozen=True, slots=True)
+class MethodologyFile:
+    """A methodology file as shipped: its name, its exact bytes, and the digest reports cite for
+    it (of the validated document, not of the bytes). What the verifier API serves and an
+    evidence bundle carries."""
+
+    name: str
+    data: bytes
+    digest: str
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
@@ -314,3 +327,9 @@ def read_methodology(name_or_path: str | Path) -> tuple[bytes, Methodology]:
         raise MethodologyFileError(str(path), "", f"cannot read the file: {exc.strerror}") from exc
     return data, parse_methodology(data.decode("utf-8"), source=str(path),
                                    expected_name=path.name.rsplit(".", 1)[0])
+
+
+def read_methodology_file(name_or_path: str | Path) -> MethodologyFile:
+    """`read_methodology` as a `MethodologyFile`: the bytes, and the digest of exactly those."""
+    data, methodology = read_methodology(name_or_path)
+    return MethodologyFile(methodology.name, data, methodology.digest)

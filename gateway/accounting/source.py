@@ -57,19 +57,29 @@ def _has_unit(document: Mapping[str, Any], unit_id: str, plant_id: str | None) -
     return unit_id in units and (plant_id is None or plant == plant_id)
 
 
-async def unit_collectors(ledger: BlockReader, *, unit_id: str,
-                          plant_id: str | None = None) -> dict[str, str]:
-    """Collector id -> plant id of every collector one of whose configurations accounts for
-    `unit_id` (of `plant_id`, when given): the collectors `load_unit_data` reads."""
-    found: dict[str, str] = {}
+async def _configurations(ledger: BlockReader) -> AsyncIterator[tuple[str, bytes, Mapping[str, Any]]]:
+    """(collector id, configuration digest, document) of every CONFIG block of the ledger whose
+    document is a JSON object, by collector and sequence."""
     async for row in ledger.iter_blocks():
         block = decode_block(row.payload)
         if block.kind != pb.BLOCK_KIND_CONFIG:
             continue
         document = _documents(block.config_document)
-        if document is not None and _has_unit(document, unit_id, plant_id):
-            found[row.collector_id] = str((document.get("plant") or {}).get("id"))
-    return found
+        if document is not None:
+            yield row.collector_id, bytes(block.config_digest), document
+
+
+def _plant_of(document: Mapping[str, Any]) -> str:
+    return str((document.get("plant") or {}).get("id"))
+
+
+async def unit_collectors(ledger: BlockReader, *, unit_id: str,
+                          plant_id: str | None = None) -> dict[str, str]:
+    """Collector id -> plant id of every collector one of whose configurations accounts for
+    `unit_id` (of `plant_id`, when given): the collectors `load_unit_data` reads."""
+    return {collector_id: _plant_of(document)
+            async for collector_id, _, document in _configurations(ledger)
+            if _has_unit(document, unit_id, plant_id)}
 
 
 async def load_unit_data(ledger: BlockReader, *, unit_id: str, start: date, end: date,
@@ -79,16 +89,10 @@ async def load_unit_data(ledger: BlockReader, *, unit_id: str, start: date, end:
     ledger has that unit, or two plants do and `plant_id` does not say which."""
     configs: dict[tuple[str, bytes], Mapping[str, Any]] = {}
     collectors: dict[str, str] = {}
-    async for row in ledger.iter_blocks():
-        block = decode_block(row.payload)
-        if block.kind != pb.BLOCK_KIND_CONFIG:
-            continue
-        document = _documents(block.config_document)
-        if document is None:
-            continue
-        configs[(row.collector_id, bytes(block.config_digest))] = document
-        if _has_unit(document, unit_id, plant_id):
-            collectors[row.collector_id] = str((document.get("plant") or {}).get("id"))
+    async for collector_id, digest, config in _configurations(ledger):
+        configs[(collector_id, digest)] = config
+        if _has_unit(config, unit_id, plant_id):
+            collectors[collector_id] = _plant_of(config)
     plants = set(collectors.values())
     if not plants:
         where = f" of plant {plant_id}" if plant_id else ""

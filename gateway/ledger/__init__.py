@@ -6,6 +6,7 @@ from pathlib import Path
 
 from gateway.ledger.base import (
     AppendResult,
+    BlockSelection,
     CollectorKey,
     Ledger,
     LedgerSummary,
@@ -18,6 +19,7 @@ from gateway.ledger.sqlite import SqliteLedger
 
 __all__ = [
     "AppendResult",
+    "BlockSelection",
     "CollectorKey",
     "Ledger",
     "LedgerSummary",

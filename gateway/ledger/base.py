@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.ledger.selection import BlockSelection
 from gateway.translog.merkle import AsyncMerkleTree
 from proto.chain import ChainHead, Placement
 
 __all__ = [
     "AppendResult",
+    "BlockSelection",
     "CollectorKey",
     "CollectorOverview",
     "Ledger",
@@ -187,6 +189,14 @@ class Ledger(Protocol):
     async def read_blocks(self, collector_id: str, *, after_sequence: int,
                           limit: int) -> list[StoredRow]:
         """Up to `limit` stored blocks of one collector with sequence > `after_sequence`, in order."""
+        ...
+
+    async def select_blocks(self, collector_id: str, selection: BlockSelection, *,
+                            after_sequence: int, limit: int) -> list[StoredRow]:
+        """Up to `limit` of the collector's blocks in `selection` with sequence >
+        `after_sequence`, in order. Selected by stored columns, no payload decoded; a CONFIG kind
+        from the partial index (the chain between configuration blocks is not read), a time
+        range by a scan of the collector's rows."""
         ...
 
     async def find_config(self, collector_id: str, digest: bytes) -> bytes | None:

@@ -58,6 +58,7 @@ from gateway.ledger.placement import (
     plan_append,
     repeated_sequences,
 )
+from gateway.ledger.selection import BlockSelection, selection_query
 from gateway.translog.merkle import AsyncMerkleTree, NodeId, NodeWrite, leaf_hash
 from proto.chain import ChainHead, StoredBlock
 from proto.wire import GENESIS_HASH
@@ -609,6 +610,16 @@ class PostgresLedger:
                 "key_id FROM blocks WHERE collector_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
                 collector_id, after_sequence, limit)
             return [StoredRow.from_row(r) for r in rows]
+        return await self._run(work)
+
+    async def select_blocks(self, collector_id: str, selection: BlockSelection, *,
+                            after_sequence: int, limit: int) -> list[StoredRow]:
+        """Up to `limit` selected blocks of one collector after a sequence, in chain order."""
+        query, args = selection_query(collector_id, selection, after_sequence=after_sequence,
+                                      limit=limit, placeholder=lambda n: f"${n}")
+
+        async def work(conn: Any) -> list[StoredRow]:
+            return [StoredRow.from_row(r) for r in await conn.fetch(query, *args)]
         return await self._run(work)
 
     async def find_config(self, collector_id: str, digest: bytes) -> bytes | None:

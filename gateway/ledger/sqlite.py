@@ -28,6 +28,7 @@ from gateway.ledger.base import (
 )
 from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
 from gateway.ledger.placement import SIGNED_EVIDENCE_REASONS, budget_quarantine, plan_append
+from gateway.ledger.selection import BlockSelection, selection_query
 from gateway.translog.merkle import AsyncMerkleTree, MerkleTree, NodeId, NodeWrite, leaf_hash
 from proto.chain import ChainHead, StoredBlock
 
@@ -428,6 +429,16 @@ class SqliteLedger:
                 "key_id FROM blocks WHERE collector_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
                 (collector_id, after_sequence, limit)).fetchall()
             return [StoredRow.from_row(r) for r in rows]
+        return await self._run(work)
+
+    async def select_blocks(self, collector_id: str, selection: BlockSelection, *,
+                            after_sequence: int, limit: int) -> list[StoredRow]:
+        """Up to `limit` selected blocks of one collector after a sequence, in chain order."""
+        query, args = selection_query(collector_id, selection, after_sequence=after_sequence,
+                                      limit=limit, placeholder=lambda _n: "?")
+
+        def work(db: sqlite3.Connection) -> list[StoredRow]:
+            return [StoredRow.from_row(r) for r in db.execute(query, args).fetchall()]
         return await self._run(work)
 
     async def find_config(self, collector_id: str, digest: bytes) -> bytes | None:

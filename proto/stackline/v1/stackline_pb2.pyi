@@ -682,7 +682,9 @@ Global___ListCollectorsResponse: _TypeAlias = ListCollectorsResponse  # noqa: Y0
 
 @_typing.final
 class BlocksRequest(_message.Message):
-    """A sequence range, a time range (window start in [from, to)), or both; 0 leaves an end open."""
+    """A sequence range, a time range (window start in [from, to)), a kind, or any of them together;
+    0 leaves an end open.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -691,6 +693,7 @@ class BlocksRequest(_message.Message):
     TO_SEQUENCE_FIELD_NUMBER: _builtins.int
     FROM_UNIX_MS_FIELD_NUMBER: _builtins.int
     TO_UNIX_MS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     collector_id: _builtins.str
     from_sequence: _builtins.int
     to_sequence: _builtins.int
@@ -698,6 +701,8 @@ class BlocksRequest(_message.Message):
     from_unix_ms: _builtins.int
     to_unix_ms: _builtins.int
     """exclusive"""
+    kind: Global___BlockKind.ValueType
+    """READINGS or CONFIG: only blocks of that kind (CONFIG from an"""
     def __init__(
         self,
         *,
@@ -706,10 +711,11 @@ class BlocksRequest(_message.Message):
         to_sequence: _builtins.int = ...,
         from_unix_ms: _builtins.int = ...,
         to_unix_ms: _builtins.int = ...,
+        kind: Global___BlockKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_id", b"collector_id", "from_sequence", b"from_sequence", "from_unix_ms", b"from_unix_ms", "to_sequence", b"to_sequence", "to_unix_ms", b"to_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_id", b"collector_id", "from_sequence", b"from_sequence", "from_unix_ms", b"from_unix_ms", "kind", b"kind", "to_sequence", b"to_sequence", "to_unix_ms", b"to_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
