@@ -7,8 +7,9 @@ same `TransparencyLog` the gateway runs), publishes a checkpoint, then asks the 
 proofs of random blocks exactly as the verifier API does (`TransparencyLog.inclusion`: leaf index
 lookup, stored nodes, right-edge hashing). Every proof is verified against the checkpoint's root;
 one that does not verify is reported as a failure, not a figure. CPU is this process's user +
-system time from the operating system (the SQLite worker thread included; PostgreSQL's own CPU
-is measured from its backend processes when it runs on this machine). Prints one JSON object.
+system time from the operating system (the SQLite worker thread included); with PostgreSQL, the
+server's CPU is reported beside it, summed over every `postgres` process of this machine (so run
+it on a quiet server). Prints one JSON object.
 
     python bench/log_proof.py [--blocks 1000000] [--proofs 5000] [--ledger PATH] [--postgres URL]
 
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import nacl.signing
+from common import cpu_seconds
 
 from gateway.ledger import Ledger, PostgresLedger, SqliteLedger, VerifiedBlock
 from gateway.translog.log import TransparencyLog
@@ -45,6 +47,19 @@ BATCH = 1000
 def _cpu_s() -> float:
     times = os.times()
     return times.user + times.system
+
+
+def _server_cpu_s() -> float:
+    """User + system CPU of every `postgres` process on this machine."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(entry.name))
+            except OSError:  # ended meanwhile
+                continue
+    return total
 
 
 def _blocks(collector: str, signer: Signer, first: int, count: int,
@@ -111,9 +126,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for collector, sequence in wanted[:50]:  # warm the page cache and the connection
             await log.inclusion(collector, sequence, size)
         wall = time.perf_counter()
+        server_started = _server_cpu_s() if args.postgres else None
         started = _cpu_s()
         proofs = [await log.inclusion(collector, sequence, size) for collector, sequence in wanted]
         cpu_s = _cpu_s() - started
+        server_cpu_s = None if server_started is None else _server_cpu_s() - server_started
         wall_s = time.perf_counter() - wall
         # an export's pattern: the proofs of a whole range of one collector's blocks at once
         started = _cpu_s()
@@ -145,6 +162,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "figures": None if failure else {
             "inclusion_proof_cpu_us": round(cpu_s / args.proofs * 1e6, 1),
             "inclusion_proof_wall_us": round(wall_s / args.proofs * 1e6, 1),
+            "postgres_server_cpu_us": (None if server_cpu_s is None
+                                       else round(server_cpu_s / args.proofs * 1e6, 1)),
             "range_inclusion_proof_cpu_us": round(range_cpu_s / max(ranged, 1) * 1e6, 1),
             "range_proofs": ranged,
             "proof_hashes": len(proofs[0].hashes),

@@ -731,11 +731,14 @@ class PostgresLedger:
                                    ) -> list[tuple[int, int, list[bytes]]]:
         """Audit paths of the collector's logged blocks in a range, on one connection."""
         async def work(conn: Any) -> list[tuple[int, int, list[bytes]]]:
-            size = int(await conn.fetchval("SELECT size FROM log_state WHERE id = 1"))
-            rows = await conn.fetch("SELECT sequence, leaf_index FROM log_leaves WHERE "
-                                    "collector_id = $1 AND sequence BETWEEN $2 AND $3 AND "
-                                    "leaf_index < $4 ORDER BY sequence", collector_id,
-                                    first_sequence, last_sequence, tree_size)
+            # the log's size and the leaves in one round trip (a row with no leaf when none)
+            found = await conn.fetch(
+                "SELECT s.size, l.sequence, l.leaf_index FROM log_state s LEFT JOIN log_leaves l "
+                "ON l.collector_id = $1 AND l.sequence BETWEEN $2 AND $3 AND l.leaf_index < $4 "
+                "WHERE s.id = 1 ORDER BY l.sequence", collector_id, first_sequence,
+                last_sequence, tree_size)
+            size = int(found[0][0])
+            rows = [(r[1], r[2]) for r in found if r[1] is not None]
             tree = AsyncMerkleTree(store=_PostgresNodes(conn, size))
             paths = await tree.inclusion_proofs([int(r[1]) for r in rows], tree_size)
             return [(int(r[0]), int(r[1]), path) for r, path in zip(rows, paths, strict=True)]
