@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import socket
 import sqlite3
 from collections.abc import AsyncIterator
@@ -1140,3 +1141,15 @@ async def test_scopes_blocks_and_proofs_over_a_postgresql_ledger(postgres_url: s
             refused = await gateway.get(path.format(size=checkpoint["tree_size"]), TOKEN_A)
             assert refused.status == 403
         assert (await gateway.get("/v1/collectors", None)).status == 401
+
+
+@pytest.mark.parametrize(("listen", "warned"), [("0.0.0.0:0", True), ("127.0.0.1:0", False)])
+def test_a_verifier_api_off_loopback_warns_that_tokens_travel_in_plaintext(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, listen: str, warned: bool) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"gateway": {"id": "g"}, "listen": {"grpc": "127.0.0.1:0"},
+                                    "verifier_api": {"listen": listen, "tokens": [
+                                        {"name": "a", "sha256": "ab" * 32, "plants": ["p"]}]}}))
+    with caplog.at_level(logging.WARNING, logger="gateway.runtime"):
+        GatewayRuntime(config=load_gateway_config(path))
+    assert ("in plaintext: bearer tokens cross the network" in caplog.text) is warned
