@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck codegen-check schema-check unit clean venv
+BENCH_ARGS ?=
+
+.PHONY: demo test lint typecheck codegen-check schema-check unit clean venv bench bench-quick
 
 venv: $(STAMP)
 
@@ -38,6 +40,13 @@ test: lint typecheck codegen-check schema-check
 
 unit: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# the benchmark scenarios (bench/run.py; results in bench/results/); not part of `make test`
+bench: $(STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .stackline .pytest_cache .mypy_cache .ruff_cache

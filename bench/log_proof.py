@@ -12,6 +12,7 @@ server's CPU is reported beside it, summed over every `postgres` process of this
 it on a quiet server). Prints one JSON object.
 
     python bench/log_proof.py [--blocks 1000000] [--proofs 5000] [--ledger PATH] [--postgres URL]
+    python bench/log_proof.py --quick     # 20,000 blocks in a temporary ledger
 
 The ledger is built once and kept at `--ledger` (default bench/results/log-proof-<N>.sqlite), so
 a second run measures proofs at once.
@@ -21,17 +22,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import nacl.signing
-from common import cpu_seconds
+from common import cpu_seconds, emit, result
 
 from gateway.ledger import Ledger, PostgresLedger, SqliteLedger, VerifiedBlock
 from gateway.translog.log import TransparencyLog
@@ -106,6 +106,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ledger = PostgresLedger(url=args.postgres)
         where = "postgresql"
     else:
+        if args.quick and not args.ledger:
+            args.ledger = str(Path(tempfile.mkdtemp(prefix="log-proof-")) / "ledger.sqlite")
         path = Path(args.ledger or f"bench/results/log-proof-{args.blocks}.sqlite")
         path.parent.mkdir(parents=True, exist_ok=True)
         ledger = SqliteLedger(path=path)
@@ -155,11 +157,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             checked += 1
     finally:
         await ledger.close()
-    return {
-        "scenario": "log-proof",
-        "parameters": {"blocks": size, "collectors": args.collectors, "proofs": args.proofs,
-                       "ledger": where, "readings_per_block": READINGS},
-        "figures": None if failure else {
+    return result("log-proof", {
+        "blocks": size, "collectors": args.collectors, "proofs": args.proofs, "ledger": where,
+        "readings_per_block": READINGS}, {
             "inclusion_proof_cpu_us": round(cpu_s / args.proofs * 1e6, 1),
             "inclusion_proof_wall_us": round(wall_s / args.proofs * 1e6, 1),
             "postgres_server_cpu_us": (None if server_cpu_s is None
@@ -169,11 +169,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "proof_hashes": len(proofs[0].hashes),
             "proofs_verified": checked,
             "build_cpu_s": None if build_cpu_s is None else round(build_cpu_s, 1),
-        },
-        "failure": failure,
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-    }
+        }, failure)
 
 
 def main() -> None:
@@ -185,9 +181,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--ledger", help="SQLite file (kept between runs)")
     parser.add_argument("--postgres", help="postgresql:// URL of an empty database instead")
-    result = asyncio.run(run(parser.parse_args()))
-    print(json.dumps(result))
-    sys.exit(0 if result["failure"] is None else 1)
+    parser.add_argument("--quick", action="store_true",
+                        help="20,000 blocks of 10 collectors in a temporary ledger, 2,000 proofs")
+    args = parser.parse_args()
+    if args.quick:
+        args.blocks, args.collectors, args.proofs = 20_000, 10, 2000
+    sys.exit(emit(asyncio.run(run(args))))
 
 
 if __name__ == "__main__":
