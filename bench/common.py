@@ -43,7 +43,7 @@ def free_port() -> int:
 
 def machine() -> dict[str, Any]:
     """Cores, Python, platform and the versions of the libraries on the hot paths."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in LIBRARIES:
         try:
             versions[name] = importlib.metadata.version(name)
