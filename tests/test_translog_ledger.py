@@ -5,14 +5,17 @@ are signed and kept once per size, and the log key a ledger is bound to."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 import nacl.signing
 import pytest
 
 from gateway.errors import LedgerError
 from gateway.ledger import Ledger, PostgresLedger, SqliteLedger
+from gateway.ledger.postgres import _CREATE_SCHEMA_VERSION, MIGRATION_LOCK_KEY, MIGRATIONS
 from gateway.translog.audit import audit_log
 from gateway.translog.checkpoint import Checkpoint, parse_checkpoint
 from gateway.translog.log import LogKeyMismatch, TransparencyLog
@@ -25,6 +28,7 @@ from gateway.translog.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from tests.conftest import pg_execute
 from tests.demo_blocks import DemoCollector
 
 ORIGIN = "stackline.test/log"
@@ -243,3 +247,83 @@ async def test_the_log_audit_names_a_leaf_that_is_not_its_block_and_a_forged_che
         assert "checkpoint_signature" in problems
     finally:
         await ledger.close()
+
+
+_RAW_INSERT = ("INSERT INTO blocks (collector_id, sequence, hash, previous_hash, payload, signature, "
+               "key_id, window_start_unix_ms, window_end_unix_ms, reading_count, kind, transport, "
+               "received_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 1, 0, 1, 'test', 0)")
+
+
+def _raw_block(collector_id: str, sequence: int) -> tuple[object, ...]:
+    payload = f"block {collector_id} {sequence}".encode()
+    return (collector_id, sequence, hashlib.sha256(payload).digest(), bytes(32), payload,
+            bytes(64), "k")
+
+
+async def test_blocks_stored_by_another_gateway_during_the_log_migration_are_all_logged(
+        postgres_url: str) -> None:
+    """A rolling upgrade: this gateway applies migration 4 while an older one keeps storing
+    blocks. The older one's insert waits for the migration (which fills the queue and creates
+    its trigger under one lock), so no block falls between the two and stays out of the log."""
+    setup = await asyncpg.connect(postgres_url)
+    migrating = await asyncpg.connect(postgres_url)
+    older = await asyncpg.connect(postgres_url)
+    try:
+        await setup.execute(_CREATE_SCHEMA_VERSION)
+        for migration in MIGRATIONS[:3]:  # the ledger an older gateway made
+            for statement in migration.statements:
+                await setup.execute(statement)
+            await setup.execute("INSERT INTO schema_version VALUES ($1, $2, 0)", migration.version,
+                                migration.description)
+        await setup.execute(_RAW_INSERT, *_raw_block("c1", 1))
+        transaction = migrating.transaction()
+        await transaction.start()
+        await migrating.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+        statements = iter(MIGRATIONS[3].statements)
+        for statement in statements:
+            await migrating.execute(statement)
+            if statement.startswith("INSERT INTO log_queue SELECT"):
+                break
+        storing = asyncio.create_task(older.execute(_RAW_INSERT, *_raw_block("c2", 1)))
+        await asyncio.sleep(0.5)
+        assert not storing.done(), "the older gateway's insert must wait for the migration"
+        for statement in statements:
+            await migrating.execute(statement)
+        await migrating.execute("INSERT INTO schema_version VALUES (4, 'log', 0)")
+        await transaction.commit()
+        await asyncio.wait_for(storing, timeout=10)
+        await setup.execute("INSERT INTO chain_heads VALUES ('c1', 1, $1, 0, 0), "
+                            "('c2', 1, $1, 0, 0)", bytes(32))
+    finally:
+        for connection in (setup, migrating, older):
+            await connection.close()
+    ledger = PostgresLedger(url=postgres_url)
+    try:
+        assert await ledger.log_integrate(max_leaves=100) == (2, 2)
+        assert await ledger.log_leaf_indexes("c2", 1, 1) == {1: 1}
+        audited = await audit_log(ledger)
+        assert audited.ok and audited.blocks_not_yet_logged == 0, audited.findings
+    finally:
+        await ledger.close()
+
+
+async def test_the_audit_names_a_block_the_log_will_never_take(any_ledger: Ledger) -> None:
+    """A block neither in the log nor waiting for it (what the migration race above would have
+    left): `stackline verify` must not pass it off as ordinary lag."""
+    plant = DemoCollector()
+    await _store(any_ledger, plant, 3)
+    if isinstance(any_ledger, SqliteLedger):
+        await _store(any_ledger, plant, 1)  # block 5, past what the log will integrate below
+        await any_ledger.log_integrate(max_leaves=4)
+
+        def skip(db: sqlite3.Connection) -> None:  # the log believes it passed block 5
+            with db:
+                db.execute("UPDATE log_state SET entry_watermark = entry_watermark + 1")
+        await any_ledger._run(skip)
+    else:
+        await any_ledger.log_integrate(max_leaves=100)
+        await _store(any_ledger, plant, 1)
+        assert isinstance(any_ledger, PostgresLedger)
+        await pg_execute(any_ledger.url, "DELETE FROM log_queue")
+    found = [(f.problem, f.detail.split(" is ")[0]) for f in (await audit_log(any_ledger)).findings]
+    assert found == [("block_not_logged", "demo-plant-c1 #5")]

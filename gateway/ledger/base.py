@@ -272,6 +272,11 @@ class Ledger(Protocol):
         """The stored nodes of one level in index order: (index, hash)."""
         ...
 
+    async def log_unqueued_blocks(self) -> list[tuple[str, int]]:
+        """Stored blocks the log will never take (neither leaves nor waiting to be integrated):
+        (collector id, sequence), at most 100. Empty in a sound ledger."""
+        ...
+
     async def log_recorded_key(self) -> str | None:
         """The log's recorded verifier key (None before a gateway recorded one)."""
         ...

@@ -194,6 +194,10 @@ CREATE TABLE accounting_hours (
 """,
     )),
     Migration(4, "transparency log: nodes, leaves, queue, checkpoints", (
+        # other gateways may be storing blocks while this one migrates (a rolling upgrade): hold
+        # their inserts until the queue is filled and its trigger is in place, so that no block
+        # committed in between is left out of the log
+        "LOCK TABLE blocks IN SHARE ROW EXCLUSIVE MODE",
         # complete-subtree hashes (level 0: leaf hashes); written once, never changed
         """
 CREATE TABLE log_nodes (
@@ -795,6 +799,18 @@ class PostgresLedger:
             if len(rows) < PAGE_ROWS * 10:
                 return
             after = rows[-1][0]
+
+    async def log_unqueued_blocks(self) -> list[tuple[str, int]]:
+        """Blocks that are neither leaves of the log nor waiting in its queue (none in a sound
+        ledger): up to 100, by collector and sequence."""
+        async def work(conn: Any) -> list[tuple[str, int]]:
+            rows = await conn.fetch(
+                "SELECT b.collector_id, b.sequence FROM blocks b WHERE NOT EXISTS (SELECT 1 FROM "
+                "log_queue q WHERE q.entry_index = b.entry_index) AND NOT EXISTS (SELECT 1 FROM "
+                "log_leaves l WHERE l.collector_id = b.collector_id AND l.sequence = b.sequence) "
+                "ORDER BY b.collector_id, b.sequence LIMIT 100")
+            return [(str(r[0]), int(r[1])) for r in rows]
+        return await self._run(work)
 
     async def log_recorded_key(self) -> str | None:
         """The recorded verifier key, if any."""

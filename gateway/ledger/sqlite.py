@@ -611,6 +611,18 @@ class SqliteLedger:
                 return
             after = rows[-1][0]
 
+    async def log_unqueued_blocks(self) -> list[tuple[str, int]]:
+        """Blocks the log has passed (entry_index at or below its watermark) that are not leaves
+        (none in a sound ledger): up to 100, by collector and sequence."""
+        def work(db: sqlite3.Connection) -> list[tuple[str, int]]:
+            rows = db.execute(
+                "SELECT b.collector_id, b.sequence FROM blocks b, log_state s WHERE s.id = 1 AND "
+                "b.entry_index <= s.entry_watermark AND NOT EXISTS (SELECT 1 FROM log_leaves l "
+                "WHERE l.collector_id = b.collector_id AND l.sequence = b.sequence) "
+                "ORDER BY b.collector_id, b.sequence LIMIT 100").fetchall()
+            return [(str(r[0]), int(r[1])) for r in rows]
+        return await self._run(work)
+
     async def log_recorded_key(self) -> str | None:
         """The recorded verifier key, if any."""
         def work(db: sqlite3.Connection) -> str | None:

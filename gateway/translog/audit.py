@@ -119,6 +119,9 @@ async def audit_log(ledger: Ledger, *, max_findings: int = 100) -> LogAudit:
     await _check_checkpoints(ledger, audit, find)
     summary = await ledger.summary()
     audit.blocks_not_yet_logged = max(0, summary.blocks - audit.size)
+    for collector_id, sequence in await ledger.log_unqueued_blocks():
+        find("block_not_logged", f"{collector_id} #{sequence} is stored but neither in the log nor "
+                                 "waiting for it: it will never have an inclusion proof")
     return audit
 
 
