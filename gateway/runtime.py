@@ -60,11 +60,13 @@ class GatewayRuntime:
                                             gateway_id=section.gateway.id)
             self.verifier_http = VerifierHttpServer(service=self.verifier,
                                                     address=section.verifier_api.listen)
-            host = section.verifier_api.listen.rpartition(":")[0].strip("[]")
-            if host not in ("127.0.0.1", "::1", "localhost"):
-                log.warning("verifier API on %s in plaintext: bearer tokens cross the network in "
-                            "the clear; put a TLS-terminating proxy in front "
-                            "(docs/verifier-api.md)", section.verifier_api.listen)
+            # the gRPC Verifier shares the ingest port, which collectors reach from outside
+            for address in (section.verifier_api.listen, section.listen.grpc):
+                host = (address or "127.0.0.1:0").rpartition(":")[0].strip("[]")
+                if host not in ("127.0.0.1", "::1", "localhost"):
+                    log.warning("verifier API on %s in plaintext: bearer tokens cross the network "
+                                "in the clear; put a TLS-terminating proxy in front "
+                                "(docs/verifier-api.md)", address)
         self.grpc: GrpcIngestServer | None = None
         if section.listen.grpc is not None:
             self.grpc = GrpcIngestServer(

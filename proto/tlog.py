@@ -393,6 +393,7 @@ def open_note(note: str, *, name: str, public_key: bytes) -> str:
         raise CheckpointError(f"more than {MAX_SIGNATURES} signature lines")
     wanted = key_id(name, public_key)
     prefix = f"{_EM_DASH} "
+    signed = False
     for line in lines:
         if not line.startswith(prefix):
             raise CheckpointError(f"a signature line starts with an em dash and a space: {line[:_SHOWN]!r}")
@@ -409,8 +410,10 @@ def open_note(note: str, *, name: str, public_key: bytes) -> str:
             nacl.signing.VerifyKey(public_key).verify(text.encode(), blob[4:])
         except (nacl.exceptions.BadSignatureError, ValueError) as exc:
             raise CheckpointError(f"the signature of {name} does not verify") from exc
-        return text
-    raise CheckpointError(f"no signature by {name} (key id {wanted.hex()}) on this note")
+        signed = True  # and read on: any other line of this key that does not verify rejects it
+    if not signed:
+        raise CheckpointError(f"no signature by {name} (key id {wanted.hex()}) on this note")
+    return text
 
 
 # --- Checkpoints (C2SP tlog-checkpoint) ------------------------------------------------------------

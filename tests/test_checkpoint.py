@@ -171,3 +171,17 @@ def test_characters_outside_ascii_where_base64_belongs_are_a_checkpoint_error(
     forged_root = sign_note(f"{ORIGIN}\n1\né\n", name=ORIGIN, signing_key=key)
     with pytest.raises(CheckpointError, match="not base64"):
         parse_checkpoint(forged_root, name=ORIGIN, public_key=bytes(key.verify_key))
+
+
+def test_any_line_of_the_key_that_does_not_verify_rejects_the_note_wherever_it_stands(
+        key: nacl.signing.SigningKey) -> None:
+    """docs/verifying.md section 5: the verdict must not depend on the order of the lines."""
+    note = Checkpoint(ORIGIN, 3, bytes(32)).sign(name=ORIGIN, signing_key=key)
+    good = note.rsplit("\n", 2)[1]
+    blob = bytearray(base64.b64decode(good.rsplit(" ", 1)[1]))
+    blob[-1] ^= 0x01
+    bad = good.rsplit(" ", 1)[0] + " " + base64.b64encode(bytes(blob)).decode()
+    text = note[:note.rindex("\n\n") + 2]
+    for lines in ((good, bad), (bad, good)):
+        with pytest.raises(CheckpointError, match="does not verify"):
+            open_note(text + "\n".join(lines) + "\n", name=ORIGIN, public_key=bytes(key.verify_key))

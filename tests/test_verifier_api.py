@@ -1143,11 +1143,15 @@ async def test_scopes_blocks_and_proofs_over_a_postgresql_ledger(postgres_url: s
         assert (await gateway.get("/v1/collectors", None)).status == 401
 
 
-@pytest.mark.parametrize(("listen", "warned"), [("0.0.0.0:0", True), ("127.0.0.1:0", False)])
+@pytest.mark.parametrize(("listen", "grpc", "warned"), [
+    ("0.0.0.0:0", "127.0.0.1:0", True), ("127.0.0.1:0", "0.0.0.0:0", True),
+    ("127.0.0.1:0", "127.0.0.1:0", False)])
 def test_a_verifier_api_off_loopback_warns_that_tokens_travel_in_plaintext(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, listen: str, warned: bool) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, listen: str, grpc: str,
+        warned: bool) -> None:
+    """HTTP, or gRPC (the Verifier service shares the ingest port) off loopback."""
     path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump({"gateway": {"id": "g"}, "listen": {"grpc": "127.0.0.1:0"},
+    path.write_text(yaml.safe_dump({"gateway": {"id": "g"}, "listen": {"grpc": grpc},
                                     "verifier_api": {"listen": listen, "tokens": [
                                         {"name": "a", "sha256": "ab" * 32, "plants": ["p"]}]}}))
     with caplog.at_level(logging.WARNING, logger="gateway.runtime"):
