@@ -10,14 +10,43 @@ reported for work that was verified. `bench/run.py` runs scenarios and keeps the
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import os
 import platform
+import resource
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import nacl.signing
+import yaml
+
+from gateway.ledger import open_ledger
+from gateway.runtime import enroll_collector
+from gateway.verifier import VerifyReport, verify_ledger
+from proto.stackline.v1 import stackline_pb2 as pb
+from proto.wire import (
+    GENESIS_HASH,
+    BlockDraft,
+    ReadingValue,
+    Signer,
+    block_hash,
+    encode_block,
+    key_id_of,
+)
 
 __all__ = ["cpu_seconds", "emit", "free_port", "machine", "result"]
 
@@ -65,3 +94,283 @@ def emit(document: dict[str, Any]) -> int:
     """Print a result as one JSON line; the exit status a scenario ends with (1 on failure)."""
     print(json.dumps(document), flush=True)
     return 1 if document.get("failure") else 0
+
+
+# --- what the ingest and drain scenarios share (bench/ingest_grpc.py, bench/mqtt_ingest.py,
+# bench/drain.py): chains of signed blocks as a collector seals them, a gateway process, a broker,
+# a throwaway PostgreSQL database, and the resources of a process from the OS
+
+__all__ += ["BLOCK_BASE_UNIX_MS", "POSTGRES_ADMIN_URL", "Backlog", "check_ledger", "config_draft",
+            "enroll_backlogs", "log_tail", "pack_backlog", "peak_rss_mib", "postgres_cpu_seconds",
+            "presign", "public_key_of", "readings_draft", "self_cpu_seconds",
+            "signed_backlog", "spawn", "spawn_gateway", "start_mosquitto", "stop",
+            "throwaway_database", "wait_for_log", "wait_for_port"]
+
+POSTGRES_ADMIN_URL = os.environ.get("STACKLINE_TEST_PG",
+                                    "postgresql://postgres@127.0.0.1:5432/postgres")
+BLOCK_BASE_UNIX_MS = 1_795_000_000_000  # a whole second; block N covers the Nth second after it
+CONFIG_DOCUMENT = b"plant: {id: bench}\n# the configuration block every chain starts with\n"
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The highest resident set size of a process so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def postgres_cpu_seconds() -> float:
+    """User + system CPU of every `postgres` process on this machine (the server's share of a
+    PostgreSQL ledger's work; includes anyone else's queries, so measure on a quiet server)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(entry.name))
+            except OSError:  # ended meanwhile
+                continue
+    return total
+
+
+def self_cpu_seconds() -> float:
+    """User + system CPU of this process, every thread."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def config_draft(collector_id: str) -> BlockDraft:
+    """The configuration block a collector seals before its first readings."""
+    return BlockDraft(collector_id, BLOCK_BASE_UNIX_MS, BLOCK_BASE_UNIX_MS, (),
+                      hashlib.sha256(CONFIG_DOCUMENT).digest(), kind=pb.BLOCK_KIND_CONFIG,
+                      config_document=CONFIG_DOCUMENT)
+
+
+def readings_draft(collector_id: str, sequence: int, readings: int) -> BlockDraft:
+    """Block `sequence` of a chain: one second of `readings` float32 readings (raw registers
+    kept), under the configuration of `config_draft`."""
+    start = BLOCK_BASE_UNIX_MS + sequence * 1000
+    values = [ReadingValue(f"bench-plant/cems-{n // 10}/p{n:02d}", start,  # 24 characters
+                           40.0 + n + sequence % 7, pb.QUALITY_NORMAL, (16928, n))
+              for n in range(readings)]
+    return BlockDraft(collector_id, start, start + 1000, values,
+                      hashlib.sha256(CONFIG_DOCUMENT).digest())
+
+
+def signed_backlog(collector_id: str, seed: bytes, blocks: int, readings: int) -> list[bytes]:
+    """A collector's chain as SignedBlock envelopes: block 1 its configuration, blocks 2..
+    `blocks` of `readings` readings each, signed with the Ed25519 key of `seed` (a picklable
+    function, so that a process pool can sign backlogs in parallel)."""
+    signer = Signer(signing_key=nacl.signing.SigningKey(seed))
+    out, previous = [], GENESIS_HASH
+    for sequence in range(1, blocks + 1):
+        draft = (config_draft(collector_id) if sequence == 1
+                 else readings_draft(collector_id, sequence, readings))
+        payload = encode_block(draft, sequence=sequence, previous_hash=previous)
+        out.append(signer.envelope(payload).SerializeToString())
+        previous = block_hash(payload)
+    return out
+
+
+def public_key_of(seed: bytes) -> bytes:
+    """The raw Ed25519 public key of a seed."""
+    return bytes(nacl.signing.SigningKey(seed).verify_key)
+
+
+def wait_for_port(port: int, *, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Until something accepts connections on 127.0.0.1:`port`; RuntimeError if `process` ends
+    or the time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process {process.pid} ended with status {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout_s:.0f} s")
+
+
+def spawn(args: list[str], log: Path | None) -> subprocess.Popen[bytes]:
+    """A server process, its output appended to `log` (or discarded)."""
+    out = log.open("ab") if log else subprocess.DEVNULL
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+
+def spawn_gateway(config: dict[str, Any], directory: Path, name: str = "gateway"
+                  ) -> subprocess.Popen[bytes]:
+    """`stackline gateway run` on a configuration written to DIRECTORY/NAME.yaml; its log goes
+    to DIRECTORY/NAME.log."""
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return spawn([sys.executable, "-m", "proto.cli", "gateway", "run", "--config", str(path)],
+                 directory / f"{name}.log")
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it does not end in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a server's log, to show with a failure."""
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_mosquitto(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A plaintext, anonymous Mosquitto on a free loopback port (a benchmark's own broker, not
+    the hardened one of docs/mosquitto/); return the process and the port once it listens."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    config = directory / "mosquitto.conf"
+    # the limits and persistence of docs/mosquitto/mosquitto.conf; no TLS, no passwords
+    (directory / "mosquitto-data").mkdir(exist_ok=True)
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                      "max_packet_size 8388608\nmax_queued_messages 10000\n"
+                      f"persistence true\npersistence_location {directory / 'mosquitto-data'}/\n"
+                      "autosave_interval 60\n" + ("user root\n" if os.geteuid() == 0 else ""))
+    broker = spawn([binary, "-c", str(config)], directory / "mosquitto.log")
+    wait_for_port(port, process=broker)
+    return broker, port
+
+
+@contextlib.asynccontextmanager
+async def throwaway_database(prefix: str = "stackline_bench") -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database on the machine's server; its URL. Dropped afterwards."""
+    import asyncpg  # noqa: PLC0415 - only the PostgreSQL runs need the driver
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        admin = await asyncpg.connect(POSTGRES_ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backlog:
+    """One simulated collector's pre-signed chain, ready to send: its hello and its batches as
+    IngestRequest bytes, the same for every transport."""
+
+    collector_id: str
+    seed: bytes
+    hello: bytes
+    batches: tuple[bytes, ...]
+    blocks: int
+
+
+def pack_backlog(collector_id: str, seed: bytes, blocks: int, readings: int, batch: int) -> Backlog:
+    """Sign a collector's chain and pack it into IngestRequest messages of `batch` blocks."""
+    envelopes = signed_backlog(collector_id, seed, blocks, readings)
+    batches = []
+    for first in range(0, len(envelopes), batch):
+        message = pb.Batch()
+        for envelope in envelopes[first:first + batch]:
+            message.blocks.add().ParseFromString(envelope)
+        batches.append(pb.IngestRequest(batch=message).SerializeToString())
+    hello = pb.IngestRequest(hello=pb.Hello(
+        collector_id=collector_id, key_id=key_id_of(public_key_of(seed)),
+        software_version="stackline-bench")).SerializeToString()
+    return Backlog(collector_id, seed, hello, tuple(batches), blocks)
+
+
+def presign(collectors: int, blocks: int, readings: int, batch: int) -> list[Backlog]:
+    """Backlogs of collectors bench-c0000, bench-c0001, ..., signed in parallel on every core.
+    Call it before any gRPC channel or event loop exists: the pool forks."""
+    ids = [f"bench-c{index:04d}" for index in range(collectors)]
+    seeds = [os.urandom(32) for _ in ids]
+    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        return list(pool.map(pack_backlog, ids, seeds, [blocks] * collectors,
+                             [readings] * collectors, [batch] * collectors))
+
+
+async def enroll_backlogs(location: str, backlogs: list[Backlog]) -> None:
+    """Enrol every backlog's collector in the ledger at `location` (SQLite path or URL)."""
+    ledger = open_ledger(location)
+    try:
+        await ledger.open()
+        for backlog in backlogs:
+            await enroll_collector(ledger, collector_id=backlog.collector_id,
+                                   public_key=public_key_of(backlog.seed))
+    finally:
+        await ledger.close()
+
+
+async def wait_for_log(location: str, blocks: int, timeout_s: float = 300.0) -> float:
+    """Until the transparency log of the ledger at `location` has integrated `blocks` blocks;
+    the seconds it took."""
+    ledger = open_ledger(location, read_only=True)
+    began = time.monotonic()
+    try:
+        while await ledger.log_tree().size() < blocks:
+            if time.monotonic() - began > timeout_s:
+                raise RuntimeError(f"the transparency log has not integrated all {blocks} blocks "
+                                   f"after {timeout_s:.0f} s")
+            await asyncio.sleep(0.1)
+    finally:
+        await ledger.close()
+    return time.monotonic() - began
+
+
+async def check_ledger(location: str, chains: dict[str, int], readings_per_block: int
+                       ) -> tuple[VerifyReport, str | None]:
+    """Each collector's chain stored to its last block (`chains`: collector id to blocks, the
+    first a configuration block), and the whole ledger verifies (signatures, links, heads, the
+    transparency log) with no warning; the report, and what is wrong (None: nothing)."""
+    ledger = open_ledger(location, read_only=True)
+    try:
+        heads = await ledger.heads()
+        report = await verify_ledger(ledger)
+    finally:
+        await ledger.close()
+    short = [cid for cid, blocks in chains.items()
+             if heads.get(cid) is None or heads[cid].sequence != blocks]
+    total = sum(chains.values())
+    readings = sum((blocks - 1) * readings_per_block for blocks in chains.values())
+    if short:
+        return report, (f"{len(short)} chain(s) not stored to their last block, e.g. {short[0]} "
+                        f"(head {heads.get(short[0])}, last block {chains[short[0]]})")
+    if report.total("blocks") != total or report.total("readings") != readings:
+        return report, (f"the ledger holds {report.total('blocks')} of {total} blocks and "
+                        f"{report.total('readings')} of {readings} readings")
+    if not report.ok:
+        log_findings = report.log.findings[:3] if report.log else []
+        return report, f"the ledger does not verify: {report.findings[:3]} {log_findings}"
+    if report.log is None or report.log.blocks_not_yet_logged:
+        return report, "the transparency log was not audited, or misses blocks"
+    if report.warnings:
+        return report, f"verify warns: {report.warnings[:3]}"
+    return report, None
+
+
+# --- the machine as a whole (bench/fleet.py): on a shared machine, what else ran during a figure
+
+__all__ += ["machine_busy_seconds"]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy (user, nice, system, irq, softirq,
+    steal), from /proc/stat: minus the CPU of a scenario's own processes over the same span,
+    what other processes took."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS

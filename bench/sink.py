@@ -5,10 +5,13 @@ influxdb_client's Point helper.
 The ledger holds one collector's CONFIG block and then `--blocks` signed blocks of `--readings`
 readings each (four CEMS racks of ten points, one block per second). The sink (this process: the
 ledger's thread, the formatter, the writer's thread) drains it with requests of `--batch-lines`
-lines. Afterwards every series is exported back; a count that differs from what the ledger holds is
-printed as a failure instead of a figure. Prints one JSON object.
+lines; its CPU is this process's user + system time (every thread). Afterwards every series is
+exported back; a count that differs from what the ledger holds, or formatted lines that differ
+from the Point helper's, is reported as a failure instead of a figure. Prints one JSON object
+(bench/common.py's shape, scenario "sink").
 
-    python bench/sink.py
+    python bench/sink.py                  # 10,000 blocks: 400,000 points
+    python bench/sink.py --quick          # 2,000 blocks: 80,000 points
     python bench/sink.py --blocks 5000 --readings 40 --batch-lines 5000
 """
 
@@ -19,12 +22,11 @@ import asyncio
 import hashlib
 import json
 import math
-import os
-import platform
 import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import nacl.signing
-from common import cpu_seconds, free_port
+from common import cpu_seconds, emit, free_port, result
 
 from gateway.ledger import SqliteLedger
 from gateway.lineproto import LineFormatter, points_of_config
@@ -112,7 +114,10 @@ async def fill_ledger(path: Path, blocks: int, readings: int) -> bytes:
 
 
 def start_victoria(data: Path, port: int) -> subprocess.Popen[bytes]:
+    """A VictoriaMetrics of its own on `port`, once it answers /health; RuntimeError if not."""
     binary = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
+    if not Path(binary).exists():
+        raise RuntimeError("victoria-metrics is not installed (apt-get install victoria-metrics)")
     process = subprocess.Popen(
         [binary, f"-httpListenAddr=127.0.0.1:{port}", f"-storageDataPath={data}",
          "-retentionPeriod=100y", "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=0s",
@@ -127,7 +132,8 @@ def start_victoria(data: Path, port: int) -> subprocess.Popen[bytes]:
         except OSError:
             time.sleep(0.05)
     process.kill()
-    raise SystemExit("victoria-metrics did not start")
+    process.wait()
+    raise RuntimeError("victoria-metrics did not start")
 
 
 def count_samples(port: int) -> int:
@@ -198,19 +204,22 @@ async def drain(ledger_path: Path, port: int, batch_lines: int) -> tuple[TimeSer
         await ledger.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=2000)
-    parser.add_argument("--readings", type=int, default=40)
-    parser.add_argument("--batch-lines", type=int, default=5000)
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill a ledger, drain it into a fresh VictoriaMetrics, read every sample back."""
     points = args.blocks * args.readings
+    parameters = {"blocks": args.blocks, "readings_per_block": args.readings,
+                  "batch_lines": args.batch_lines, "store": "victoria-metrics"}
     with tempfile.TemporaryDirectory(prefix="stackline-bench-sink-") as folder:
         root = Path(folder)
+        _progress(f"filling a ledger with {args.blocks:,} blocks of {args.readings} readings")
         document = asyncio.run(fill_ledger(root / "ledger.sqlite", args.blocks, args.readings))
         port = free_port()
-        victoria = start_victoria(root / "victoria", port)
         try:
+            victoria = start_victoria(root / "victoria", port)
+        except RuntimeError as exc:
+            return result("sink", parameters, None, str(exc))
+        try:
+            _progress(f"draining {points:,} points into VictoriaMetrics")
             vm_cpu = cpu_seconds(victoria.pid)
             sink, seconds, cpu = asyncio.run(drain(root / "ledger.sqlite", port, args.batch_lines))
             vm_cpu = cpu_seconds(victoria.pid) - vm_cpu
@@ -218,32 +227,44 @@ def main() -> None:
         finally:
             victoria.send_signal(signal.SIGKILL)
             victoria.wait()
-        failure = None
-        if stored != points or sink.stats.points_written != points:
-            failure = (f"the store holds {stored} readings and the sink wrote "
-                       f"{sink.stats.points_written}; the ledger holds {points}")
-        result = {
-            "bench": "sink",
-            "blocks": args.blocks,
-            "readings_per_block": args.readings,
-            "batch_lines": args.batch_lines,
-            "store": "VictoriaMetrics (Debian) via the InfluxDB v2 write API",
-            "figures": None if failure else {
-                "points": points,
-                "seconds": round(seconds, 3),
-                "points_per_s": round(points / seconds),
-                "sink_cpu_s": round(cpu, 3),
-                "sink_cpu_us_per_point": round(cpu / points * 1e6, 2),
-                "requests": sink.stats.requests,
-                "victoria_metrics_cpu_s": round(vm_cpu, 3),
-                "read_back": stored,
-            },
-            "failure": failure,
-            "formatting": formatting_rates(args.blocks, args.readings, document),
-            "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-        }
-    print(json.dumps(result))
+    _progress("formatting rates against influxdb_client's Point helper")
+    formatting = formatting_rates(args.blocks, args.readings, document)
+    failure = None
+    if stored != points or sink.stats.points_written != points:
+        failure = (f"the store holds {stored} readings and the sink wrote "
+                   f"{sink.stats.points_written}; the ledger holds {points}")
+    elif not formatting["identical_to_point_helper"]:
+        failure = "the sink's lines differ from the Point helper's for the same readings"
+    _progress(f"{points:,} points in {seconds:.2f} s ({cpu:.2f} sink CPU-s), {stored:,} read back")
+    return result("sink", parameters, {
+        "points_per_s": round(points / seconds),
+        "points_per_cpu_s": round(points / cpu),
+        "points": points,
+        "seconds": round(seconds, 3),
+        "sink_cpu_s": round(cpu, 3),
+        "sink_cpu_us_per_point": round(cpu / points * 1e6, 2),
+        "requests": sink.stats.requests,
+        "victoria_metrics_cpu_s": round(vm_cpu, 3),
+        "read_back": stored,
+        "formatting": formatting,
+    }, failure)
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--blocks", type=int, default=10_000)
+    parser.add_argument("--readings", type=int, default=40)
+    parser.add_argument("--batch-lines", type=int, default=5000)
+    parser.add_argument("--quick", action="store_true", help="2,000 blocks")
+    args = parser.parse_args()
+    if args.quick:
+        args.blocks = 2000
+    return emit(measure(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Verified readings stored per gateway CPU-second over gRPC, into the SQLite ledger and into
+PostgreSQL (scenario `ingest-grpc`).
+
+A load process (this one) signs a backlog for each of `--collectors` simulated collectors before
+anything is measured (in a process pool: a configuration block, then blocks of `--readings`
+readings), packs it into IngestRequest batches of `--batch` blocks, and then sends it as
+collectors do: one Ingest stream per collector (hello, then batches with `--in-flight` of them
+unacknowledged at a time), the streams multiplexed over `--channels` HTTP/2 connections. The
+gateway is a real `stackline gateway run` process with the collectors enrolled in its ledger.
+Its CPU (user + system of every thread, from /proc) is taken between the first batch and the last
+ack (`readings_per_cpu_s`), and again once its transparency log has integrated every block, work
+the ingest caused that goes on in the background (`readings_per_cpu_s_with_log`). The load
+process reports its own CPU over the same interval; with PostgreSQL the server's CPU is reported
+beside the gateway's.
+
+Nothing is reported unless the ledger holds every block: each chain's head at its last block,
+and `verify_ledger` (signatures, links, heads, the transparency log) finds nothing.
+
+    python bench/ingest_grpc.py                        # both ledgers, 100 collectors x 1000 blocks
+    python bench/ingest_grpc.py --ledger sqlite --collectors 200 --blocks 300
+    python bench/ingest_grpc.py --quick                # 20 collectors x 250 blocks, both ledgers
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from common import (
+    Backlog,
+    check_ledger,
+    cpu_seconds,
+    emit,
+    enroll_backlogs,
+    free_port,
+    log_tail,
+    machine_busy_seconds,
+    peak_rss_mib,
+    postgres_cpu_seconds,
+    presign,
+    result,
+    self_cpu_seconds,
+    spawn_gateway,
+    stop,
+    throwaway_database,
+    wait_for_log,
+    wait_for_port,
+)
+
+from proto.stackline.v1 import stackline_pb2 as pb
+
+SCENARIO = "ingest-grpc"
+METHOD = "/stackline.v1.Ingest/Stream"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+HELLO_TIMEOUT_S = 30.0
+
+
+def _ack(raw: object, collector_id: str) -> pb.Ack:
+    if raw is grpc.aio.EOF or not isinstance(raw, bytes):
+        raise ConnectionError(f"{collector_id}: the gateway closed the stream")
+    response = pb.IngestResponse.FromString(raw)
+    if response.HasField("error"):
+        raise RuntimeError(f"{collector_id}: refused: {response.error.reason}: "
+                           f"{response.error.detail}")
+    if response.ack.rejections:
+        first = response.ack.rejections[0]
+        raise RuntimeError(f"{collector_id}: block {first.sequence} rejected: {first.reason}: "
+                           f"{first.detail}")
+    return response.ack
+
+
+async def send_backlog(channel: grpc.aio.Channel, backlog: Backlog, in_flight: int,
+                       ready: Callable[[], None], start: asyncio.Event) -> None:
+    """One collector's stream: hello (before the measured interval), then every batch with at
+    most `in_flight` unacknowledged, until the gateway has stored the last block."""
+    call = channel.stream_stream(METHOD)()  # no serializers: bytes in, bytes out
+    await call.write(backlog.hello)
+    async with asyncio.timeout(HELLO_TIMEOUT_S):
+        first = _ack(await call.read(), backlog.collector_id)
+    if first.stored_through_sequence != 0:
+        raise RuntimeError(f"{backlog.collector_id}: the ledger already holds "
+                           f"{first.stored_through_sequence} blocks")
+    ready()
+    await start.wait()
+    window = asyncio.Semaphore(in_flight)
+
+    async def write_all() -> None:
+        for batch in backlog.batches:
+            await window.acquire()
+            await call.write(batch)
+        await call.done_writing()
+
+    writer = asyncio.create_task(write_all(), name=f"write-{backlog.collector_id}")
+    try:
+        stored = 0
+        while stored < backlog.blocks:
+            stored = _ack(await call.read(), backlog.collector_id).stored_through_sequence
+            window.release()
+        await writer
+    finally:
+        writer.cancel()
+        call.cancel()
+
+
+@dataclass(slots=True)
+class Measured:
+    """What one run measured, before its output was checked."""
+
+    wall_s: float = 0.0
+    gateway_cpu_s: float = 0.0
+    gateway_cpu_with_log_s: float = 0.0
+    load_cpu_s: float = 0.0
+    postgres_cpu_s: float | None = None
+    postgres_cpu_with_log_s: float | None = None
+    log_catch_up_s: float = 0.0
+    others_cpu_s: float = 0.0
+    gateway_peak_rss_mib: float = 0.0
+
+
+async def load(port: int, backlogs: list[Backlog], channels: int, in_flight: int,
+               gateway_pid: int, postgres: bool) -> Measured:
+    """Open every stream, then send every backlog, measuring from the first batch to the last
+    ack."""
+    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
+    opened = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+              for _ in range(channels)]
+    measured = Measured()
+    start = asyncio.Event()
+    waiting = len(backlogs)
+    all_ready = asyncio.Event()
+
+    def ready() -> None:
+        nonlocal waiting
+        waiting -= 1
+        if waiting == 0:
+            all_ready.set()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for index, backlog in enumerate(backlogs):
+                group.create_task(send_backlog(opened[index % channels], backlog, in_flight,
+                                               ready, start), name=backlog.collector_id)
+            await all_ready.wait()
+            print(f"  {len(backlogs)} streams open over {channels} connection(s); sending...",
+                  file=sys.stderr)
+            gateway_before = cpu_seconds(gateway_pid)
+            postgres_before = postgres_cpu_seconds() if postgres else 0.0
+            load_before = self_cpu_seconds()
+            machine_before = machine_busy_seconds()
+            started = time.monotonic()
+            start.set()
+        measured.wall_s = time.monotonic() - started
+        measured.load_cpu_s = self_cpu_seconds() - load_before
+        measured.gateway_cpu_s = cpu_seconds(gateway_pid) - gateway_before
+        if postgres:
+            measured.postgres_cpu_s = postgres_cpu_seconds() - postgres_before
+        measured.others_cpu_s = (machine_busy_seconds() - machine_before - measured.load_cpu_s
+                                 - measured.gateway_cpu_s - (measured.postgres_cpu_s or 0.0))
+    finally:
+        for channel in opened:
+            await channel.close()
+    measured.gateway_cpu_with_log_s = measured.gateway_cpu_s
+    measured.postgres_cpu_with_log_s = measured.postgres_cpu_s
+    return measured
+
+
+async def run_one(args: argparse.Namespace, ledger_kind: str, backlogs: list[Backlog]
+                  ) -> dict[str, Any]:
+    """One ledger: enrol, start the gateway, send, wait for the log, check."""
+    tmp = Path(tempfile.mkdtemp(prefix="stackline-ingest-grpc-"))
+    parameters = {"ledger": ledger_kind, "collectors": args.collectors,
+                  "blocks_per_collector": args.blocks, "readings_per_block": args.readings,
+                  "blocks_per_batch": args.batch, "batches_in_flight": args.in_flight,
+                  "channels": args.channels}
+    try:
+        if ledger_kind == "postgresql":
+            async with throwaway_database("stackline_bench_ingest") as url:
+                return await _measure(args, url, tmp, backlogs, parameters)
+        return await _measure(args, str(tmp / "ledger.sqlite"), tmp, backlogs, parameters)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _measure(args: argparse.Namespace, location: str, tmp: Path, backlogs: list[Backlog],
+                   parameters: dict[str, Any]) -> dict[str, Any]:
+    postgres = location.startswith("postgresql://")
+    await enroll_backlogs(location, backlogs)
+    port = free_port()
+    gateway = spawn_gateway({
+        "gateway": {"id": "bench-ingest-grpc"}, "listen": {"grpc": f"127.0.0.1:{port}"},
+        "ledger": {"url": location} if postgres else {"path": location},
+        "log": {"key_file": str(tmp / "log-signing.key"), "origin": "bench.stackline/ingest"},
+    }, tmp)
+    total = sum(b.blocks for b in backlogs)
+    try:
+        wait_for_port(port, process=gateway)
+        print(f"  gateway {gateway.pid} on port {port}, ledger {parameters['ledger']}",
+              file=sys.stderr)
+        measured = await load(port, backlogs, args.channels, args.in_flight, gateway.pid,
+                              postgres)
+        print(f"  {total:,} blocks acknowledged in {measured.wall_s:.1f} s; waiting for the "
+              "transparency log...", file=sys.stderr)
+        gateway_before = cpu_seconds(gateway.pid)
+        postgres_before = postgres_cpu_seconds() if postgres else 0.0
+        measured.log_catch_up_s = await wait_for_log(location, total)
+        measured.gateway_cpu_with_log_s += cpu_seconds(gateway.pid) - gateway_before
+        if measured.postgres_cpu_with_log_s is not None:
+            measured.postgres_cpu_with_log_s += postgres_cpu_seconds() - postgres_before
+        measured.gateway_peak_rss_mib = peak_rss_mib(gateway.pid)
+    except Exception as exc:
+        stop(gateway)
+        while isinstance(exc, ExceptionGroup):
+            exc = exc.exceptions[0]
+        return result(SCENARIO, parameters, None,
+                      f"{type(exc).__name__}: {exc}; gateway log: {log_tail(tmp / 'gateway.log')}")
+    stop(gateway)
+    print("  verifying the ledger...", file=sys.stderr)
+    report, failure = await check_ledger(location, {b.collector_id: b.blocks for b in backlogs},
+                                         args.readings)
+    readings = report.total("readings")
+    return result(SCENARIO, parameters, {
+        "readings_per_cpu_s": _per(readings, measured.gateway_cpu_s),
+        "readings_per_s": _per(readings, measured.wall_s),
+        "readings_per_cpu_s_with_log": _per(readings, measured.gateway_cpu_with_log_s),
+        "blocks": total,
+        "readings": readings,
+        "wall_s": round(measured.wall_s, 2),
+        "gateway_cpu_s": round(measured.gateway_cpu_s, 2),
+        "gateway_cpu_with_log_s": round(measured.gateway_cpu_with_log_s, 2),
+        "log_catch_up_s": round(measured.log_catch_up_s, 2),
+        "gateway_cpu_us_per_block": round(measured.gateway_cpu_s / total * 1e6, 1),
+        "load_generator_cpu_s": round(measured.load_cpu_s, 2),
+        "postgres_server_cpu_s": (None if measured.postgres_cpu_s is None
+                                  else round(measured.postgres_cpu_s, 2)),
+        "postgres_server_cpu_with_log_s": (None if measured.postgres_cpu_with_log_s is None
+                                           else round(measured.postgres_cpu_with_log_s, 2)),
+        "gateway_peak_rss_mib": round(measured.gateway_peak_rss_mib, 1),
+        # on a shared machine, what else ran meanwhile (readings_per_s is only as good as this)
+        "other_processes_cpu_s": round(max(0.0, measured.others_cpu_s), 2),
+        "chains_verified": report.ok,
+    }, failure)
+
+
+def _per(count: int, seconds: float) -> int | None:
+    """A rate; None when the time is too short for the clock (10 ms ticks) to have seen it."""
+    return round(count / seconds) if seconds > 0 else None
+
+
+async def run(args: argparse.Namespace, backlogs: list[Backlog]) -> int:
+    status = 0
+    for ledger_kind in (["sqlite", "postgresql"] if args.ledger == "both" else [args.ledger]):
+        print(f"ingest-grpc into {ledger_kind}:", file=sys.stderr)
+        status |= emit(await run_one(args, ledger_kind, backlogs))
+    return status
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ledger", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--collectors", type=int, default=100)
+    parser.add_argument("--blocks", type=int, default=1000,
+                        help="blocks per collector (the first one its configuration)")
+    parser.add_argument("--readings", type=int, default=40, help="readings per block")
+    parser.add_argument("--batch", type=int, default=100, help="blocks per batch")
+    parser.add_argument("--in-flight", type=int, default=4, help="batches in flight per stream")
+    parser.add_argument("--channels", type=int, default=4, help="HTTP/2 connections")
+    parser.add_argument("--quick", action="store_true", help="20 collectors x 250 blocks")
+    args = parser.parse_args()
+    if args.quick:
+        args.collectors, args.blocks = 20, 250
+    started = time.monotonic()
+    print(f"signing {args.collectors} x {args.blocks} blocks of {args.readings} readings...",
+          file=sys.stderr)
+    backlogs = presign(args.collectors, args.blocks, args.readings, args.batch)
+    print(f"  signed in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return asyncio.run(run(args, backlogs))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
