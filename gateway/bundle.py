@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import zipfile
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway import verifier_api
 from gateway.accounting.methodology import MethodologyFile
 from gateway.accounting.source import MARGIN_MS
 from gateway.errors import GatewayError
@@ -74,6 +76,7 @@ __all__ = [
     "ExportSummary",
     "LedgerSource",
     "SourceNotFoundError",
+    "check_entry_id",
     "export_bundle",
     "period_bounds_ms",
 ]
@@ -92,6 +95,10 @@ whose window starts earlier and reaches into it is found (windows are one tick l
 PROGRESS_EVERY = 20_000
 HASH_BYTES = 32
 
+_ENTRY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""What a collector id or methodology name must be to name a bundle file (the configuration's
+identifier pattern)."""
+
 Progress = Callable[[str], None]
 BlockKindName = Literal["config", "readings"]
 """The blocks stream's `kind` filter (`GET /v1/collectors/{id}/blocks?kind=`)."""
@@ -104,6 +111,17 @@ class ExportError(GatewayError):
 
 class SourceNotFoundError(ExportError):
     """The source has no such thing (the API's 404): a plant without that unit, say."""
+
+
+def check_entry_id(what: str, value: str) -> str:
+    """`value` when it may name a file of the bundle (`blocks/<id>.ndjson`): an identifier as
+    the configuration allows them, without '..'; ExportError otherwise. The names come from the
+    gateway, which is the party being audited."""
+    if not _ENTRY_ID.fullmatch(value) or ".." in value:
+        raise ExportError(f"the gateway named a {what} {value[:80]!r}, which is not an identifier "
+                          "(letters, digits, '_', '.' and '-', at most 64, starting with a letter "
+                          "or digit, no '..'): refusing to name a file of the bundle after it")
+    return value
 
 
 def period_bounds_ms(start: date, end: date, timezone: str) -> tuple[int, int]:
@@ -404,6 +422,44 @@ class _Exporter:
                           "is not in its chain before the period")
         return sorted(found.values(), key=lambda line: line.sequence)
 
+    async def covering_checkpoint(self, parts: list[_CollectorPart]) -> CheckpointInfo:
+        """A fresh checkpoint whose tree holds every block gathered. The gateway publishes at
+        most one checkpoint a second (`CHECKPOINT_MIN_INTERVAL_S`) and answers the latest one
+        within that time, which may predate the newest blocks: then wait that long and ask once
+        more."""
+        self.progress("asking the gateway for a fresh checkpoint")
+        checkpoint = await self.source.publish_checkpoint()
+        missing = await self._not_in_tree(parts, checkpoint.tree_size)
+        if missing is None:
+            return checkpoint
+        wait_s = verifier_api.CHECKPOINT_MIN_INTERVAL_S * 1.1
+        self.progress(f"the gateway's latest checkpoint (tree size {checkpoint.tree_size}) does "
+                      f"not hold {missing} yet: asking again in {wait_s:.1f} s")
+        await asyncio.sleep(wait_s)
+        checkpoint = await self.source.publish_checkpoint()
+        missing = await self._not_in_tree(parts, checkpoint.tree_size)
+        if missing is not None:
+            raise ExportError(f"the gateway's fresh checkpoint (tree size {checkpoint.tree_size}) "
+                              f"does not hold {missing}, which the bundle includes: its log is "
+                              "not integrating; ask the gateway's operator")
+        return checkpoint
+
+    async def _not_in_tree(self, parts: list[_CollectorPart], tree_size: int) -> str | None:
+        """The first collector's newest included block that is not in the tree of that size
+        (a collector's blocks enter the log in chain order: when its newest is in the tree, so
+        are the others), as text; None when every one is."""
+        for part in parts:
+            newest = max([part.last] + [c.sequence for c in part.configs])
+            if newest == 0:
+                continue
+            found = False
+            async for _proof in self.source.proofs(part.collector_id, from_sequence=newest,
+                                                   to_sequence=newest, tree_size=tree_size):
+                found = True
+            if not found:
+                return f"block {newest} of collector {part.collector_id}"
+        return None
+
     async def write_proofs(self, zipper: _ZipWriter, part: _CollectorPart, *, path: str,
                            tree_size: int) -> None:
         """Every included block's inclusion proof, in sequence order."""
@@ -529,7 +585,8 @@ async def _plan(source: BundleSource, *, unit_id: str, plant_id: str | None, sta
     log_state = await source.log_state()
     collectors = await source.collectors()
     plant = plant_id or await _find_plant(source, collectors, unit_id)
-    feeding = sorted(await source.unit_collectors(plant, unit_id))
+    feeding = sorted(check_entry_id("collector id", c)
+                     for c in await source.unit_collectors(plant, unit_id))
     if not feeding:
         raise ExportError(f"no collector feeds unit {unit_id!r} of plant {plant!r}")
     say(f"unit {unit_id} of plant {plant}: collectors {', '.join(feeding)}; asking for the report")
@@ -541,18 +598,18 @@ async def _plan(source: BundleSource, *, unit_id: str, plant_id: str | None, sta
                            "report methodology")
     except (json.JSONDecodeError, UnicodeDecodeError, BundleFormatError) as exc:
         raise ExportError(f"the gateway's report is not a report document: {exc}") from exc
+    check_entry_id("methodology", methodology)
     return _Plan(log_state, {c.collector_id: c for c in collectors}, plant, unit_id, feeding, report,
                  timezone, methodology, start, end, period_bounds_ms(start, end, timezone))
 
 
 async def _write(exporter: _Exporter, zipper: _ZipWriter, plan: _Plan) -> tuple[list[_CollectorPart], int]:
     """Every entry of the bundle, the manifest last; (collector parts, checkpoint tree size)."""
-    source, say = exporter.source, exporter.progress
+    source = exporter.source
     parts = [await exporter.gather_blocks(zipper, collector_id, select=plan.select,
                                           path=f"blocks/{collector_id}.ndjson")
              for collector_id in plan.feeding]
-    say("asking the gateway for a fresh checkpoint")
-    checkpoint = await source.publish_checkpoint()
+    checkpoint = await exporter.covering_checkpoint(parts)
     previous = plan.log_state.checkpoint
     previous_json: dict[str, Any] | None = None
     if previous is not None and 0 < previous.tree_size <= checkpoint.tree_size:
@@ -565,7 +622,7 @@ async def _write(exporter: _Exporter, zipper: _ZipWriter, plan: _Plan) -> tuple[
                                     tree_size=checkpoint.tree_size)
     zipper.put(CHECKPOINT_FILE, _json_bytes({**checkpoint.as_json(), "previous": previous_json}))
     methodology = await source.methodology(plan.methodology)
-    methodology_path = f"methodology/{methodology.name}.yaml"
+    methodology_path = f"methodology/{check_entry_id('methodology', methodology.name)}.yaml"
     zipper.put(methodology_path, methodology.data)
     zipper.put(REPORT_FILE, plan.report.body)
     zipper.put(REPORT_SIGNATURE_FILE, _json_bytes(
@@ -626,7 +683,14 @@ async def export_bundle(source: BundleSource, *, unit_id: str, start: date, end:
     try:
         with handle:
             zipper = _ZipWriter(handle)
-            parts, tree_size = await _write(_Exporter(source, say), zipper, plan)
+            try:
+                parts, tree_size = await _write(_Exporter(source, say), zipper, plan)
+            except BaseException:
+                # close it now, while its file is open (the partial file is removed below), not
+                # when collected, which writes to a closed file
+                with contextlib.suppress(Exception):
+                    zipper.zip.close()
+                raise
             zipper.zip.close()
         digest = await asyncio.to_thread(_file_sha256, handle.name)
         os.chmod(handle.name, 0o644)  # a temporary file is made 0600; a bundle is for sharing

@@ -29,11 +29,12 @@ import json
 import time
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gateway.accounting.methodology import Methodology, MethodologyError, parse_methodology
 from gateway.accounting.render import render_json
@@ -62,6 +63,9 @@ from proto.wire import check_public_key, decode_block, key_id_of
 __all__ = [
     "CHECKS",
     "FAILURE_CODES",
+    "MAX_BUNDLE_BLOCKS",
+    "MAX_COLLECTOR_BLOCKS",
+    "MAX_ENTRY_BYTES",
     "VERDICT_FORMAT",
     "CheckResult",
     "Failure",
@@ -76,10 +80,18 @@ VERDICT_FORMAT = "stackline.verdict/v1"
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_DOCUMENT_BYTES = 256 << 20
 MAX_LINE_BYTES = 64 << 20
+MAX_ENTRY_BYTES = 64 << 30
+"""The most any zip entry is read, inflated, whatever its zip header and the manifest declare
+(an entry the manifest lists is read no further than the bytes it declares)."""
+MAX_BUNDLE_BLOCKS = 5_000_000
+"""Blocks (and, apart, inclusion proofs) one verification reads from a bundle, by default: they
+are held in memory. `stackline verify --bundle --max-blocks N` changes it."""
+MAX_COLLECTOR_BLOCKS = MAX_BUNDLE_BLOCKS
+"""Blocks (and proofs) read from one collector's file, by default (within the bundle's)."""
 MAX_LISTED = 200
+"""Failures of one code listed one by one; the rest are counted (one more entry says how many)."""
 _ZIP_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
 """What reading a damaged, encrypted or exotic zip entry raises (a bundle is outside input)."""
-"""Failures of one code listed one by one; the rest are counted in one more."""
 
 CHECKS: dict[str, str] = {
     "files": "bundle files",
@@ -97,6 +109,10 @@ FAILURE_CODES: dict[str, tuple[str, str]] = {
     "file_missing": ("files", "a file the manifest names is not in the bundle"),
     "file_digest_mismatch": ("files", "a file's SHA-256 is not the manifest's (or the zip entry is damaged)"),
     "malformed_file": ("files", "a file or line that does not parse as its format says"),
+    "entry_too_large": ("files", "a zip entry larger than the manifest declares or than the "
+                        "verifier reads (not read)"),
+    "too_many_blocks": ("files", "more blocks or proofs than the verifier reads, in a collector's "
+                        "file or in the bundle (--max-blocks); the rest is not read"),
     "key_id_mismatch": ("keys", "a collector key whose key id is not SHA-256 of the key"),
     "unacceptable_key": ("keys", "a public key the verification rule refuses (small order, not canonical)"),
     "bad_signature": ("signatures", "a block whose signature does not verify with its collector's key"),
@@ -140,6 +156,55 @@ class NotABundleError(GatewayError):
 
 class LogKeyError(GatewayError):
     """The log key given to pin is not a verifier key."""
+
+
+class _EntryTooLarge(OSError):
+    """A zip entry that inflates past what may be read of it: the bytes the manifest declares
+    for it (`declared`), or the verifier's ceiling."""
+
+    def __init__(self, message: str, *, declared: bool) -> None:
+        super().__init__(message)
+        self.declared = declared
+
+
+class _Bounded:
+    """A zip entry's reader that inflates no more than `limit` bytes, plus one: past that,
+    _EntryTooLarge (what was read before it stays read)."""
+
+    def __init__(self, handle: IO[bytes], *, name: str, limit: int, source: str,
+                 declared: bool) -> None:
+        self.handle = handle
+        self.name = name
+        self.limit = limit
+        self.source = source
+        self.declared = declared
+        self.count = 0
+
+    def __enter__(self) -> _Bounded:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.handle.close()
+
+    def _take(self, data: bytes) -> bytes:
+        self.count += len(data)
+        if self.count > self.limit:
+            raise _EntryTooLarge(f"{self.name} inflates past {self.source}", declared=self.declared)
+        return data
+
+    def read(self, size: int) -> bytes:
+        """At most `size` bytes."""
+        return self._take(self.handle.read(min(size, self.limit - self.count + 1)))
+
+    def readline(self, size: int) -> bytes:
+        """A line of at most `size` bytes."""
+        return self._take(self.handle.readline(min(size, self.limit - self.count + 1)))
+
+
+def _unsafe_name(name: str) -> bool:
+    """An entry name that an unzip tool would write outside the directory it extracts into."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +268,8 @@ class Verdict:
     failures: list[Failure]
     warnings: list[Failure]
     checked_unix_ms: int
+    unlisted: dict[str, int] = field(default_factory=dict)
+    """Failures counted but not listed, by code (each code has one entry saying how many)."""
 
     @property
     def ok(self) -> bool:
@@ -225,6 +292,7 @@ class Verdict:
             **self.info,
             "checks": [check.to_json() for check in self.checks],
             "failures": [failure.to_json() for failure in self.failures],
+            "unlisted": dict(sorted(self.unlisted.items())),
             "warnings": [warning.to_json() for warning in self.warnings],
         }
 
@@ -242,6 +310,20 @@ class _Bundle:
         except (*_ZIP_ERRORS, ValueError) as exc:
             raise NotABundleError(f"{path} is not a zip file: {exc}") from exc
         self.names = set(self.zip.namelist())
+        self.manifest: dict[str, Any] = {}
+        try:
+            self._open_manifest()
+        except BaseException:
+            self.zip.close()
+            raise
+
+    def _open_manifest(self) -> None:
+        path = self.path
+        unsafe = sorted(name for name in self.names if _unsafe_name(name))
+        if unsafe:
+            raise NotABundleError(f"{path}: zip entry {unsafe[0][:200]!r} names a path outside the "
+                                  "archive (a leading '/' or a '..'): not a bundle `stackline "
+                                  "export` writes; do not unzip it")
         if MANIFEST not in self.names:
             raise NotABundleError(f"{path} has no {MANIFEST}: it is not a Stackline evidence bundle")
         try:
@@ -252,7 +334,7 @@ class _Bundle:
         if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
             found = manifest.get("format") if isinstance(manifest, dict) else None
             raise NotABundleError(f"{path}: the manifest's format is {found!r}, not {BUNDLE_FORMAT!r}")
-        self.manifest: dict[str, Any] = manifest
+        self.manifest = manifest
         try:
             self._check_shape()
         except (BundleFormatError, KeyError, TypeError) as exc:
@@ -277,17 +359,34 @@ class _Bundle:
                     and isinstance(entry.get("ranges", []), list)):
                 raise BundleFormatError("a collector entry names collector_id, blocks and proofs")
 
-    def read(self, name: str, *, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
-        """An entry's bytes; OSError when it is larger than `limit`."""
+    def _open(self, name: str, ceiling: int) -> _Bounded:
+        """An entry opened for reading no further than the smallest of its zip header's size
+        (the zip reader stops there; its CRC then fails), the bytes the manifest declares for
+        it, and `ceiling`. An entry whose header is past the ceiling is not opened at all
+        (_EntryTooLarge, an OSError): a zip bomb costs nothing."""
         info = self.zip.getinfo(name)
-        if info.file_size > limit:
-            raise OSError(f"{name} is {info.file_size} bytes, more than the {limit} allowed")
-        with self.zip.open(info) as handle:
+        if info.file_size > ceiling:
+            raise _EntryTooLarge(f"{name} inflates to {info.file_size:,} bytes (its zip header), "
+                                 f"more than the {ceiling:,} bytes the verifier reads of an entry",
+                                 declared=False)
+        files = self.manifest.get("files")
+        entry = files.get(name) if isinstance(files, dict) else None
+        declared = entry.get("bytes") if isinstance(entry, dict) else None
+        if isinstance(declared, int) and not isinstance(declared, bool) and 0 <= declared < ceiling:
+            return _Bounded(self.zip.open(info), name=name, limit=declared, declared=True,
+                            source=f"the {declared:,} bytes the manifest declares")
+        return _Bounded(self.zip.open(info), name=name, limit=ceiling, declared=False,
+                        source=f"the {ceiling:,} bytes the verifier reads of an entry")
+
+    def read(self, name: str, *, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
+        """An entry's bytes; OSError when it is larger than `limit` or than declared."""
+        with self._open(name, limit) as handle:
             return handle.read(limit + 1)[:limit]
 
     def lines(self, name: str) -> Iterator[bytes]:
-        """An ndjson entry's non-empty lines; OSError for a line past MAX_LINE_BYTES."""
-        with self.zip.open(name) as handle:
+        """An ndjson entry's non-empty lines; OSError for a line past MAX_LINE_BYTES or an entry
+        larger than declared or than MAX_ENTRY_BYTES."""
+        with self._open(name, MAX_ENTRY_BYTES) as handle:
             while True:
                 line = handle.readline(MAX_LINE_BYTES + 1)
                 if not line:
@@ -300,7 +399,7 @@ class _Bundle:
     def sha256(self, name: str) -> str:
         """SHA-256 of an entry, streamed."""
         digest = hashlib.sha256()
-        with self.zip.open(name) as handle:
+        with self._open(name, MAX_ENTRY_BYTES) as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
         return digest.hexdigest()
@@ -423,8 +522,15 @@ class _Verification:
 
     bundle: _Bundle
     pinned_key: str | None
+    max_blocks: int = MAX_BUNDLE_BLOCKS
+    max_collector_blocks: int = MAX_COLLECTOR_BLOCKS
     checks: dict[str, CheckResult] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    listed: Counter[str] = field(default_factory=Counter)
+    unlisted: Counter[str] = field(default_factory=Counter)
+    too_large: set[str] = field(default_factory=set)
+    blocks_read: int = 0
+    proofs_read: int = 0
     warnings: list[Failure] = field(default_factory=list)
     rows: dict[str, list[StoredRow]] = field(default_factory=dict)
     leaves: dict[tuple[str, int], int | None] = field(default_factory=dict)
@@ -440,7 +546,34 @@ class _Verification:
         self.checks = {name: CheckResult(name) for name in CHECKS}
 
     def fail(self, failure: Failure) -> None:
-        self.failures.append(failure)
+        """Keep the failure, or, past MAX_LISTED of its code, only count it."""
+        if self.listed[failure.code] < MAX_LISTED:
+            self.listed[failure.code] += 1
+            self.failures.append(failure)
+        else:
+            self.unlisted[failure.code] += 1
+
+    def fail_entry(self, exc: BaseException, code: str, detail: str, path: str) -> None:
+        """A zip entry that could not be read: `code` with `detail`, or, for an entry larger
+        than may be read, entry_too_large (once per entry)."""
+        if not isinstance(exc, _EntryTooLarge):
+            self.fail(Failure(code, detail, path=path))
+        elif path not in self.too_large:
+            self.too_large.add(path)
+            self.fail(Failure("entry_too_large", f"{exc}: not read further", path=path))
+
+    def budget(self, collector_id: str, path: str, what: str, read: int) -> tuple[int, str]:
+        """How many lines of a collector's file of `what` may be read, given `read` of them
+        read from the bundle so far; and the failure's detail when there are more."""
+        left = self.max_blocks - read
+        if self.max_collector_blocks < left:
+            return self.max_collector_blocks, (
+                f"{path} holds more than {self.max_collector_blocks:,} {what}, the most this "
+                "verification reads of one collector (--max-blocks changes it); the rest was not "
+                "read")
+        return max(left, 0), (
+            f"the bundle holds more than {self.max_blocks:,} {what}, the most this verification "
+            f"reads (--max-blocks changes it); the rest of {path} and after was not read")
 
     def skip(self, name: str, detail: str) -> None:
         self.checks[name].status = "skip"
@@ -458,6 +591,12 @@ class _Verification:
                 continue
             try:
                 got = self.bundle.sha256(name)
+            except _EntryTooLarge as exc:
+                self.too_large.add(name)
+                # past the bytes the manifest declares, the file is not the one it lists
+                self.fail(Failure("file_digest_mismatch" if exc.declared else "entry_too_large",
+                                  f"{exc}: not read further", path=name))
+                continue
             except _ZIP_ERRORS as exc:
                 self.fail(Failure("file_digest_mismatch", f"the zip entry is damaged: {exc}", path=name))
                 continue
@@ -475,7 +614,7 @@ class _Verification:
         try:
             return json.loads(self.bundle.read(name))
         except (*_ZIP_ERRORS, ValueError) as exc:
-            self.fail(Failure(code, f"not JSON: {exc}", path=name))
+            self.fail_entry(exc, code, f"not JSON: {exc}", name)
             return None
 
     # 2 ----------------------------------------------------------------------------------------------
@@ -551,35 +690,50 @@ class _Verification:
                                         "missing from the first to the last readings block")
 
     def _read_blocks(self, collector_id: str, path: str) -> list[StoredRow]:
-        """The collector's blocks, sorted and unique, after naming disorder and duplicates."""
+        """The collector's blocks, sorted and unique, after naming disorder and duplicates. A
+        repeated sequence keeps its first line only (a file of one block repeated costs no
+        memory per line), and at most `budget` lines are read."""
         if path not in self.bundle.names:
             self.fail(Failure("file_missing", "named by the manifest, not in the zip", path=path))
             return []
-        rows: list[StoredRow] = []
+        budget, too_many = self.budget(collector_id, path, "blocks", self.blocks_read)
+        order: list[int] = []  # the sequences in file order
+        unique: dict[int, StoredRow] = {}
+        repeats: dict[int, list[bool]] = {}  # sequence -> per repeat, whether its bytes differ
+        lines = 0
         try:
             for number, raw in enumerate(self.bundle.lines(path), start=1):
+                if number > budget:
+                    self.fail(Failure("too_many_blocks", too_many, collector_id))
+                    break
+                lines = number
                 try:
                     line = BlockLine.from_json(json.loads(raw), f"line {number}")
                 except (ValueError, BundleFormatError) as exc:
                     self.fail(Failure("malformed_file", str(exc), path=path))
                     continue
-                rows.append(StoredRow(number, collector_id, line.sequence,
-                                      hashlib.sha256(line.payload).digest(), line.payload,
-                                      line.signature, line.key_id))
+                order.append(line.sequence)
+                kept = unique.get(line.sequence)
+                if kept is not None:
+                    repeats.setdefault(line.sequence, []).append(kept.payload != line.payload)
+                    continue
+                unique[line.sequence] = StoredRow(number, collector_id, line.sequence,
+                                                  hashlib.sha256(line.payload).digest(),
+                                                  line.payload, line.signature, line.key_id)
                 self.leaves[(collector_id, line.sequence)] = line.leaf_index
         except _ZIP_ERRORS as exc:
-            self.fail(Failure("malformed_file", str(exc), path=path))
-        for failure in _order_failures(collector_id, [row.sequence for row in rows]):
+            self.fail_entry(exc, "malformed_file", str(exc), path)
+        self.blocks_read += lines
+        for failure in _order_failures(collector_id, order):
             self.fail(failure)
-        unique: dict[int, StoredRow] = {}
-        for row in sorted(rows, key=lambda r: (r.sequence, r.entry_index)):
-            kept = unique.setdefault(row.sequence, row)
-            if kept is not row:
-                fork = " with different bytes: a fork" if kept.payload != row.payload else ""
-                self.fail(Failure("duplicate_block", f"sequence {row.sequence} appears twice{fork}",
-                                  collector_id, row.sequence))
-        self._payload_swaps(collector_id, unique)
-        return list(unique.values())
+        for sequence, differ in sorted(repeats.items()):
+            for fork in differ:
+                self.fail(Failure("duplicate_block", f"sequence {sequence} appears twice"
+                                  f"{' with different bytes: a fork' if fork else ''}",
+                                  collector_id, sequence))
+        ordered = dict(sorted(unique.items()))
+        self._payload_swaps(collector_id, ordered)
+        return list(ordered.values())
 
     def _payload_swaps(self, collector_id: str, rows: Mapping[int, StoredRow]) -> None:
         """Two blocks whose payloads are listed under each other's sequence (the lines kept in
@@ -708,7 +862,10 @@ class _Verification:
             self.skip("inclusion", "no checkpoint to prove against")
             return
         proofs = self._read_proofs()
-        failed: list[Failure] = []
+        # the failures of correctly signed blocks and of the others, the first MAX_LISTED of each
+        # (with their position, to list them in order), and how many there are
+        failed: dict[bool, list[tuple[int, Failure]]] = {True: [], False: []}
+        counted: Counter[bool] = Counter()
         checked_signed = failed_signed = 0
         used: dict[int, tuple[str, int]] = {}
         for collector_id, rows in sorted(self.rows.items()):
@@ -728,7 +885,10 @@ class _Verification:
                 checked_signed += signed
                 if problem is not None:
                     failed_signed += signed
-                    failed.append(Failure("inclusion_proof_invalid", problem, *location))
+                    counted[signed] += 1
+                    if len(failed[signed]) < MAX_LISTED:
+                        failed[signed].append((check.count, Failure("inclusion_proof_invalid",
+                                                                    problem, *location)))
         if self.checkpoint_signed and checked_signed and failed_signed == checked_signed:
             size = {p.tree_size for p in proofs.values()}
             self.fail(Failure("checkpoint_fork", f"the checkpoint (tree size {self.checkpoint.size}, root "
@@ -737,8 +897,11 @@ class _Verification:
                               f"{', '.join(map(str, sorted(size)))}) leads to its root: the log key signed "
                               "a history in which these blocks are not where the log's proofs put them "
                               "(a forked log, or a checkpoint taken from another log state)"))
-            failed = [f for f in failed if (f.collector_id, f.sequence) in self.bad_signatures]
-        self.failures.extend(failed)
+            failed[True], counted[True] = [], 0
+        for _, failure in sorted(failed[True] + failed[False], key=lambda item: item[0]):
+            self.fail(failure)
+        self.unlisted["inclusion_proof_invalid"] += (counted[True] - len(failed[True])
+                                                     + counted[False] - len(failed[False]))
         check.detail = f"every block is a leaf of the checkpoint's tree of size {self.checkpoint.size}"
 
     def _inclusion_problem(self, row: StoredRow, proof: InclusionProof) -> str | None:
@@ -762,8 +925,13 @@ class _Verification:
             if path not in self.bundle.names:
                 self.fail(Failure("file_missing", "named by the manifest, not in the zip", path=path))
                 continue
+            budget, too_many = self.budget(entry["collector_id"], path, "proofs", self.proofs_read)
             try:
                 for number, raw in enumerate(self.bundle.lines(path), start=1):
+                    if number > budget:
+                        self.fail(Failure("too_many_blocks", too_many, entry["collector_id"]))
+                        break
+                    self.proofs_read += 1
                     try:
                         proof = parse_inclusion_proof(json.loads(raw), f"line {number}")
                     except (ValueError, BundleFormatError) as exc:
@@ -775,7 +943,7 @@ class _Verification:
                                           path=path))
                     proofs.setdefault((proof.collector_id, proof.sequence), proof)
             except _ZIP_ERRORS as exc:
-                self.fail(Failure("malformed_file", str(exc), path=path))
+                self.fail_entry(exc, "malformed_file", str(exc), path)
         return proofs
 
     # 7 ----------------------------------------------------------------------------------------------
@@ -790,7 +958,7 @@ class _Verification:
         try:
             body = self.bundle.read(body_path)
         except _ZIP_ERRORS as exc:
-            self.fail(Failure("report_malformed", f"cannot be read: {exc}", path=body_path))
+            self.fail_entry(exc, "report_malformed", f"cannot be read: {exc}", body_path)
             self.skip("report", "no report")
             return None
         try:
@@ -836,7 +1004,7 @@ class _Verification:
             methodology = parse_methodology(self.bundle.read(path).decode("utf-8"),
                                             source=f"{self.bundle.path.name}:{path}", expected_name=name)
         except (MethodologyError, UnicodeDecodeError, *_ZIP_ERRORS) as exc:
-            self.fail(Failure("methodology_invalid", str(exc), path=path))
+            self.fail_entry(exc, "methodology_invalid", str(exc), path)
             return
         self.methodology = methodology
         if methodology.digest != digest:
@@ -890,17 +1058,20 @@ class _Verification:
         check.detail = "the report recomputed from the bundle's blocks is the same, byte for byte"
         if text.encode("utf-8") == body:
             return
-        differences = list(_figures(report, json.loads(text)))
-        for path, theirs, ours in differences[:MAX_LISTED]:
+        differences = 0
+        for path, theirs, ours in _figures(report, json.loads(text)):
+            differences += 1
             self.fail(Failure("figure_mismatch", f"report {_shown(theirs)}, recomputed {_shown(ours)}",
                               path=path))
-        if len(differences) > MAX_LISTED:
-            self.fail(Failure("figure_mismatch", f"and {len(differences) - MAX_LISTED} more figures differ"))
         if not differences:
             self.fail(Failure("report_not_canonical", "every figure matches, but the report's bytes are "
                               "not the canonical JSON rendering (keys sorted, two-space indent)"))
 
     def finish(self) -> list[CheckResult]:
+        for code, count in sorted(self.unlisted.items()):
+            if count:
+                self.failures.append(Failure(code, f"and {count:,} more failure(s) of this code, "
+                                             "not listed"))
         for failure in self.failures:
             check = self.checks.get(failure.check)
             if check is not None:
@@ -933,9 +1104,17 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def verify_bundle(path: Path, *, log_key: str | None = None) -> Verdict:
+async def verify_bundle(path: Path, *, log_key: str | None = None,
+                        max_blocks: int = MAX_BUNDLE_BLOCKS,
+                        max_collector_blocks: int | None = None) -> Verdict:
     """Check the bundle at `path`; NotABundleError when it is not one, LogKeyError when
-    `log_key` is not a verifier key."""
+    `log_key` is not a verifier key.
+
+    At most `max_blocks` blocks, and as many proofs, are read from the bundle, and at most
+    `max_collector_blocks` (default: MAX_COLLECTOR_BLOCKS, or `max_blocks` when that is larger)
+    from one collector's file: more is the failure too_many_blocks."""
+    if max_collector_blocks is None:
+        max_collector_blocks = max(MAX_COLLECTOR_BLOCKS, max_blocks)
     if log_key is not None:
         try:  # a usage error, before any work
             parse_verifier_key(log_key)
@@ -943,7 +1122,7 @@ async def verify_bundle(path: Path, *, log_key: str | None = None) -> Verdict:
             raise LogKeyError(f"--log-key is not a log's verifier key (name+keyid+key): {exc}") from exc
     bundle = _Bundle(Path(path))
     try:
-        run = _Verification(bundle, log_key)
+        run = _Verification(bundle, log_key, max_blocks, max_collector_blocks)
         run.check_files()
         keys = run.check_keys()
         run.check_blocks(keys)
@@ -968,7 +1147,7 @@ async def verify_bundle(path: Path, *, log_key: str | None = None) -> Verdict:
                        for cid, rows in sorted(run.rows.items())],
     }
     return Verdict(str(path), _sha256_file(Path(path)), info, checks, run.failures, run.warnings,
-                   int(time.time() * 1000))
+                   int(time.time() * 1000), {k: v for k, v in sorted(run.unlisted.items()) if v})
 
 
 # --- the readable verdict ---------------------------------------------------------------------------
@@ -996,6 +1175,9 @@ def render_verdict(verdict: Verdict, *, max_lines: int = 50) -> str:
     failed_by_check: dict[str, int] = {}
     for failure in verdict.failures:
         failed_by_check[failure.check] = failed_by_check.get(failure.check, 0) + 1
+    for code, count in verdict.unlisted.items():  # one entry of the code already says how many
+        check_name = FAILURE_CODES[code][0]
+        failed_by_check[check_name] = failed_by_check.get(check_name, 0) + count - 1
     for check in verdict.checks:
         status = check.status.upper()
         detail = (check.detail if check.status != "fail"

@@ -44,6 +44,9 @@ def add_commands(commands: Any) -> None:
     verify.add_argument("--log-key",
                         help="with --bundle: the log's verifier key you trust (name+keyid+key); "
                              "default: the bundle's own, with a warning")
+    verify.add_argument("--max-blocks", type=int, default=None, metavar="N",
+                        help="with --bundle: read at most N blocks (and N proofs) of the bundle "
+                             "(default 5,000,000; they are held in memory)")
     verify.add_argument("--collector", help="with --ledger: only this collector id")
     verify.add_argument("--json", action="store_true", help="print a JSON object")
     verify.set_defaults(handler=_verify)
@@ -188,12 +191,16 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _verify_bundle(args: argparse.Namespace) -> int:
-    from gateway.bundle_verify import render_verdict, verify_bundle  # noqa: PLC0415
+    from gateway.bundle_verify import MAX_BUNDLE_BLOCKS, render_verdict, verify_bundle  # noqa: PLC0415
 
     if args.collector is not None:
         return _fail(ValueError("--collector goes with --ledger; a bundle is checked whole"))
+    max_blocks = MAX_BUNDLE_BLOCKS if args.max_blocks is None else args.max_blocks
+    if max_blocks < 1:
+        return _fail(ValueError("--max-blocks must be at least 1"))
     try:
-        verdict = asyncio.run(verify_bundle(args.bundle, log_key=args.log_key))
+        verdict = asyncio.run(verify_bundle(args.bundle, log_key=args.log_key,
+                                            max_blocks=max_blocks))
     except (GatewayError, StacklineWireError) as exc:  # not a bundle; --log-key not a verifier key
         return _fail(exc)
     if args.json:
@@ -220,7 +227,10 @@ def _export(args: argparse.Namespace) -> int:
         return _fail(exc)
     progress(f"wrote {summary.path}: {summary.blocks:,} blocks of {summary.collectors} collector(s), "
              f"checkpoint at tree size {summary.tree_size}, sha256 {summary.sha256}")
-    progress(f"check it with: stackline verify --bundle {summary.path} --log-key {summary.verifier_key}")
+    # the key comes from the gateway being audited: a check pinned to it proves nothing about it
+    progress(f"the key this gateway says it signs with: {summary.verifier_key}; compare it with "
+             "the one you obtained out of band (docs/verifying.md section 7)")
+    progress(f"check it with: stackline verify --bundle {summary.path} --log-key KEY-FROM-OUT-OF-BAND")
     return 0
 
 
@@ -230,8 +240,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.bundle is not None:
         return _verify_bundle(args)
-    if args.log_key is not None:
-        return _fail(ValueError("--log-key goes with --bundle"))
+    if args.log_key is not None or args.max_blocks is not None:
+        return _fail(ValueError("--log-key and --max-blocks go with --bundle"))
 
     async def main() -> Any:
         ledger = open_ledger(args.ledger, read_only=True)

@@ -216,6 +216,10 @@ class VerifierApiSection(_Strict):
                         description="host:port for HTTP (port 0 picks a free one)")
     tokens: tuple[VerifierTokenSection, ...] = Field(min_length=1,
                                                      description="the bearer tokens it accepts")
+    max_report_blocks: int = Field(default=200_000, ge=1,
+                                   description="readings blocks one report request may read (all "
+                                   "held in memory, about 3.6 KB each: the default is about 700 "
+                                   "MB); a longer period is refused with 422")
 
     @field_validator("listen")
     @classmethod

@@ -55,9 +55,10 @@ class GatewayRuntime:
         self.verifier: VerifierService | None = None
         self.verifier_http: VerifierHttpServer | None = None
         if section.verifier_api is not None:
-            self.verifier = VerifierService(ledger=self.ledger, log=self.log,
-                                            tokens=_verifier_tokens(config),
-                                            gateway_id=section.gateway.id)
+            self.verifier = VerifierService(
+                ledger=self.ledger, log=self.log, tokens=_verifier_tokens(config),
+                gateway_id=section.gateway.id,
+                max_report_blocks=section.verifier_api.max_report_blocks)
             self.verifier_http = VerifierHttpServer(service=self.verifier,
                                                     address=section.verifier_api.listen)
             # the gRPC Verifier shares the ingest port, which collectors reach from outside

@@ -13,8 +13,10 @@ blocks stream selects by stored columns (a kind from its index), never by parsin
 The HTTP side is a small asyncio HTTP/1.1 server: the request head is parsed and routed by pure
 functions (`parse_request_head`, `route`, `parse_query`), then answered with a Content-Length
 body or, for the ndjson streams, chunked, one chunk per page (a stream cut short lacks its last,
-empty chunk, so a client can tell a cut from an end). Connections, request heads, bodies, idle
-time and write time are bounded.
+empty chunk, so a client can tell a cut from an end). Connections (in all and per address),
+request heads, bodies, idle time and write time are bounded; a connection's first request must
+arrive and authenticate within AUTH_TIMEOUT_S, and a request that does not authenticate ends
+its connection, so a client without a token holds a connection for seconds, not for ever.
 
 The plant of a collector is the `plant.id` of the configuration document in force at its newest
 block (the document of its newest CONFIG block, in every chain a Stackline collector writes);
@@ -46,10 +48,10 @@ from gateway.accounting.methodology import (
     read_methodology_file,
 )
 from gateway.accounting.render import render_json
-from gateway.accounting.source import UnitData, load_unit_data, unit_collectors
+from gateway.accounting.source import PeriodTooLarge, UnitData, load_unit_data, unit_collectors
 from gateway.accounting.unit import AccountingError, account_unit
 from gateway.errors import GatewayError, LedgerError
-from gateway.ledger.base import BlockSelection, Ledger, StoredRow
+from gateway.ledger.base import BlockSelection, Ledger, StoredCheckpoint, StoredRow
 from gateway.report_signature import SignedReport, sign_report
 from gateway.tokens import Tokens, TokenScope, bearer_token
 from gateway.translog.log import InclusionProof, TransparencyLog
@@ -68,6 +70,8 @@ from proto.wire import MAX_SEQUENCE, decode_block
 
 __all__ = [
     "BLOCK_KINDS",
+    "CHECKPOINT_MIN_INTERVAL_S",
+    "MAX_REPORT_BLOCKS",
     "ApiError",
     "BadRequest",
     "BlockQuery",
@@ -100,8 +104,22 @@ MAX_REPORT_DAYS = 366
 """The longest period one report request may cover (a leap year)."""
 MAX_HEAVY_REQUESTS = 2
 """Reports and unit scans (each reads every block of the ledger) running at once; others wait."""
+MAX_REPORT_BLOCKS = 200_000
+"""Readings blocks one report may read, unless the service is given another cap (the setting
+verifier_api.max_report_blocks, the same default): they are all in memory at once, about 3.6 KB
+each, so this is about 700 MB."""
+CHECKPOINT_MIN_INTERVAL_S = 1.0
+"""POST /v1/checkpoint signs and stores a checkpoint at most this often; within this time of the
+latest one it answers that one (so a token holder cannot fill the ledger with checkpoints)."""
 
 MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_PEER = 16
+"""Connections at once from one IP address (so one address cannot take all MAX_CONNECTIONS)."""
+AUTH_TIMEOUT_S = 10.0
+"""A new connection's first request, which must authenticate, arrives within this."""
+LINGER_S = 1.0
+"""How long a connection refused at the limits is read (and dropped) after its answer, so that
+the request it sent does not turn the close into a reset that loses the answer."""
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 64
 MAX_BODY_BYTES = 4096
@@ -309,15 +327,18 @@ class VerifierService:
     """The verifier API's operations over one ledger and its transparency log."""
 
     def __init__(self, *, ledger: Ledger, log: TransparencyLog, tokens: Tokens,
-                 gateway_id: str) -> None:
+                 gateway_id: str, max_report_blocks: int = MAX_REPORT_BLOCKS) -> None:
         self.ledger = ledger
         self.log = log
         self.tokens = tokens
         self.gateway_id = gateway_id
+        self.max_report_blocks = max_report_blocks
         self.refusals = _Refusals()
         self._plants: dict[str, _PlantSeen] = {}
         self._methodologies: dict[str, MethodologyFile] = {}
         self._heavy = asyncio.Semaphore(MAX_HEAVY_REQUESTS)
+        self._publishing = asyncio.Lock()
+        self._published_at: float | None = None  # time.monotonic() of this service's last publish
 
     def __repr__(self) -> str:
         return f"VerifierService(log={self.log.origin!r}, tokens={self.tokens!r})"
@@ -435,8 +456,25 @@ class VerifierService:
         return CheckpointInfo.of(found, self.log.verifier_key)
 
     async def publish(self) -> CheckpointInfo:
-        """A checkpoint covering every block stored now (published on demand when needed)."""
-        return CheckpointInfo.of(await self.log.publish(), self.log.verifier_key)
+        """A checkpoint covering every block stored now (published on demand when needed); but
+        the latest one, which may not cover the newest blocks, while it is younger than
+        CHECKPOINT_MIN_INTERVAL_S: each publication is signed and stored for good."""
+        async with self._publishing:
+            latest = await self.ledger.checkpoint()
+            if latest is not None and self._young(latest):
+                return CheckpointInfo.of(latest, self.log.verifier_key)
+            published = await self.log.publish()
+            self._published_at = time.monotonic()
+            return CheckpointInfo.of(published, self.log.verifier_key)
+
+    def _young(self, latest: StoredCheckpoint) -> bool:
+        # this service's own last publication by the monotonic clock (a wall clock stepped back
+        # must not lift the limit), any other (the log's timer, another gateway) by its time
+        interval_s = CHECKPOINT_MIN_INTERVAL_S
+        if self._published_at is not None and time.monotonic() - self._published_at < interval_s:
+            return True
+        age_ms = time.time() * 1000 - latest.published_unix_ms
+        return 0 <= age_ms < interval_s * 1000
 
     async def consistency(self, old_size: int, new_size: int) -> list[bytes]:
         """RFC 9162 consistency proof between two tree sizes."""
@@ -464,7 +502,7 @@ class VerifierService:
             return await self.log.inclusion(collector_id, sequence, tree_size)
         except ProofRequestError as exc:
             raise NotFound(f"{exc}: ask for a later tree size (POST /v1/checkpoint publishes "
-                           "one covering every stored block)") from exc
+                           "one covering every stored block, at most one a second)") from exc
 
     async def _check_tree_size(self, tree_size: int) -> None:
         size = await self.ledger.log_tree().size()
@@ -559,7 +597,13 @@ class VerifierService:
         async with self._heavy:
             try:
                 data = await load_unit_data(self.ledger, unit_id=unit_id, start=start, end=end,
-                                            plant_id=plant_id)
+                                            plant_id=plant_id, max_blocks=self.max_report_blocks)
+            except PeriodTooLarge as exc:
+                raise Unprocessable(
+                    f"from {start} to {end}, unit {unit_id} has more than {exc.max_blocks:,} "
+                    "readings blocks, the most one report reads on this gateway: ask for a "
+                    "shorter period, or ask the gateway's operator to raise "
+                    "verifier_api.max_report_blocks") from exc
             except AccountingError as exc:
                 raise NotFound(f"{exc}") from exc
             try:
@@ -620,7 +664,8 @@ class RequestHead:
             raise BadRequest("a request body with Transfer-Encoding is not accepted: this API "
                              "takes no request bodies")
         text = self.headers.get("content-length", "0").strip()
-        if not text.isdigit() or len(text) > 10:
+        # isdigit() alone takes other digits (latin-1's superscripts) that int() refuses
+        if not (text.isascii() and text.isdigit()) or len(text) > 10:
             raise BadRequest("Content-Length is not a number")
         length = int(text)
         if length > MAX_BODY_BYTES:
@@ -861,6 +906,7 @@ class VerifierHttpServer:
         self.requested_port = int(port)
         self.port = 0
         self.connections = 0
+        self._peers: Counter[str] = Counter()  # open connections by peer address
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[Route, _Handler] = {
@@ -914,33 +960,71 @@ class VerifierHttpServer:
             log.error("verifier API: a connection failed: %r", task.exception())
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
         peername = writer.get_extra_info("peername")
+        host = str(peername[0]) if isinstance(peername, tuple) else str(peername)
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        self.connections += 1
+        self._peers[host] += 1
         try:
-            if self.connections > MAX_CONNECTIONS:
-                error = Unavailable(f"the verifier API serves {MAX_CONNECTIONS} connections at "
-                                    "once: try again shortly")
+            error = self._over_limit(host)
+            if error is not None:
                 self.service.refused(transport="http", error=error, peer=peer, scope=None,
                                      what="a connection")
                 await self._send(writer, _error_answer(error), keep_alive=False)
+                await self._linger(reader, writer)
                 return
-            while await self._one_request(reader, writer, peer):
-                pass
+            # the first request must arrive by this deadline; it ends the connection unless it
+            # authenticates, so a client without a token holds a connection for seconds only
+            first: float | None = asyncio.get_running_loop().time() + AUTH_TIMEOUT_S
+            while await self._one_request(reader, writer, peer, first_deadline=first):
+                first = None
         except (ConnectionError, TimeoutError):
             pass
         finally:
             self.connections -= 1
+            self._peers[host] -= 1
+            if self._peers[host] <= 0:
+                del self._peers[host]
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError, OSError):
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
 
+    @staticmethod
+    async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """End the answer (FIN), then drop what the client sends until it closes, for LINGER_S
+        and MAX_HEAD_BYTES at most: closing with its request unread would reset the connection,
+        and a client may lose the answer to the reset."""
+        if writer.can_write_eof():
+            writer.write_eof()
+        left = MAX_HEAD_BYTES
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER_S):
+                while left > 0 and (data := await reader.read(left)):
+                    left -= len(data)
+
+    def _over_limit(self, host: str) -> Unavailable | None:
+        """The refusal of a connection beyond the limits (this one counted), or None."""
+        if self.connections > MAX_CONNECTIONS:
+            return Unavailable(f"the verifier API serves {MAX_CONNECTIONS} connections at once: "
+                               "try again shortly")
+        if self._peers[host] > MAX_CONNECTIONS_PER_PEER:
+            return Unavailable(f"the verifier API serves {MAX_CONNECTIONS_PER_PEER} connections "
+                               "at once from one address: close one, or try again shortly")
+        return None
+
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           peer: str) -> bool:
-        """Read and answer one request; whether the connection stays open for another."""
+                           peer: str, *, first_deadline: float | None) -> bool:
+        """Read and answer one request; whether the connection stays open for another (only
+        after an authenticated request). `first_deadline` (loop time) bounds the reading of a
+        connection's first request."""
+        loop = asyncio.get_running_loop()
+
+        def deadline() -> float:
+            later = loop.time() + IDLE_TIMEOUT_S
+            return later if first_deadline is None else min(first_deadline, later)
         try:
-            async with asyncio.timeout(IDLE_TIMEOUT_S):
+            async with asyncio.timeout_at(deadline()):
                 data = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError:
             return False  # the client closed the connection
@@ -954,14 +1038,23 @@ class VerifierHttpServer:
         except BadRequest as exc:
             await self._refuse(writer, exc, peer, "a malformed request")
             return False
+        except ValueError as exc:  # a parser bug: still this request's answer, not the server's
+            await self._refuse(writer, BadRequest(f"the request head does not parse: "
+                                                  f"{str(exc)[:80]}"), peer, "a malformed request")
+            return False
         if length:
-            async with asyncio.timeout(IDLE_TIMEOUT_S):
-                await reader.readexactly(length)  # this API takes no bodies: read and drop it
+            try:
+                async with asyncio.timeout_at(deadline()):
+                    await reader.readexactly(length)  # this API takes no bodies: read and drop it
+            except asyncio.IncompleteReadError:
+                return False  # the client closed the connection part way through the body
         started = time.monotonic()
-        answer = await self._answer(request, peer)
+        answer, scope = await self._answer(request, peer)
         # an HTTP/1.0 client knows no chunked encoding: its stream ends when the connection does
         chunked = request.version == "HTTP/1.1"
-        keep_alive = request.keep_alive and (chunked or answer.chunks is None)
+        # a request that did not authenticate ends its connection (with Connection: close)
+        keep_alive = (scope is not None and request.keep_alive
+                      and (chunked or answer.chunks is None))
         await self._send(writer, answer, keep_alive=keep_alive, chunked=chunked)
         log.debug("verifier API: %s %s from %s: %d in %.3f s", request.method, request.path[:200],
                   peer, answer.status, time.monotonic() - started)
@@ -972,12 +1065,13 @@ class VerifierHttpServer:
         self.service.refused(transport="http", error=error, peer=peer, scope=None, what=what)
         await self._send(writer, _error_answer(error), keep_alive=False)
 
-    async def _answer(self, request: RequestHead, peer: str) -> _Answer:
+    async def _answer(self, request: RequestHead, peer: str) -> tuple[_Answer, TokenScope | None]:
+        """The answer, and the token's scope (None: the request did not authenticate)."""
         scope: TokenScope | None = None
         try:
             scope = self.service.authenticate(request.headers.get("authorization"))
             which, args = route(request.method, request.path)
-            return await self._dispatch(scope, which, args, request.query)
+            return await self._dispatch(scope, which, args, request.query), scope
         except ApiError as exc:
             error = exc
         except LedgerError:
@@ -990,7 +1084,7 @@ class VerifierHttpServer:
             error = ApiError("the gateway failed answering this request; tell its operator")
         self.service.refused(transport="http", error=error, peer=peer, scope=scope,
                              what=f"{request.method} {request.path}")
-        return _error_answer(error)
+        return _error_answer(error), scope
 
     async def _dispatch(self, scope: TokenScope, which: Route, args: tuple[str, ...],
                         query: str) -> _Answer:

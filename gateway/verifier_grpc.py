@@ -8,7 +8,8 @@ metadata. GetReport also answers, in its initial metadata, the log key's signatu
 headers.
 
 Every HTTP operation has its method here (tests/test_verifier_api.py checks that every rpc of the
-service in the schema is answered); `GetCheckpoint{fresh: true}` is `POST /v1/checkpoint`.
+service in the schema is answered); `GetCheckpoint{fresh: true}` is `POST /v1/checkpoint`, with
+its limit of one publication a second (`CHECKPOINT_MIN_INTERVAL_S`).
 """
 
 from __future__ import annotations

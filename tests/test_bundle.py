@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,14 +23,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.bundle import BlockKindName, LedgerSource, export_bundle
+from gateway.accounting.methodology import MethodologyFile
+from gateway.bundle import BlockKindName, ExportError, LedgerSource, export_bundle
 from gateway.bundle_verify import (
     FAILURE_CODES,
+    MAX_LISTED,
     LogKeyError,
     NotABundleError,
     Verdict,
     _missing,
     _order_failures,
+    render_verdict,
     verify_bundle,
 )
 from gateway.ledger import Ledger, SqliteLedger, VerifiedBlock
@@ -599,6 +603,11 @@ async def test_export_over_http_then_verify_passes(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert "1,441 proofs fetched" in result.stderr and f"wrote {out}" in result.stderr
         log_key = runtime.log.verifier_key
+        # the served key is the audited gateway's word: shown to compare, never as the key to pin
+        assert (f"the key this gateway says it signs with: {log_key}; compare it with the one you "
+                "obtained out of band") in result.stderr
+        assert f"stackline verify --bundle {out} --log-key KEY-FROM-OUT-OF-BAND" in result.stderr
+        assert f"--log-key {log_key}" not in result.stderr
     finally:
         await runtime.stop()
     verdict = await asyncio.to_thread(run_stackline, "verify", "--bundle", str(out), "--log-key",
@@ -609,3 +618,186 @@ async def test_export_over_http_then_verify_passes(tmp_path: Path) -> None:
     assert document["collectors"] == [{"collector_id": COLLECTOR, "blocks": 1441, "ranges": [[1, 1441]]}]
     report = json.loads(_entries(out)["report/report.json"])
     assert report["gateway"] == "gw-e2e" and report["totals"]["provenance"]["sequences"] == [2, 1441]
+
+
+# --- a bundle is outside input; an exporter's names come from the audited gateway -----------------
+
+
+BOMB_LINE = b'{"sequence":1,"leaf_index":null,"payload":"AA==","signature":"AA==","key_id":"k"}\n'
+
+
+def _bomb(path: Path, lines: int, *, files: dict[str, Any] | None = None) -> Path:
+    """A small zip whose blocks entry inflates to `lines` copies of one block line (as
+    /tmp/review/zipbomb.py makes them, smaller)."""
+    manifest = {"format": "stackline.bundle/v1", "plant": "p", "unit": "u",
+                "collectors_file": "collectors.json",
+                "period": {"from": "2024-01-01", "to": "2024-01-02", "timezone": "UTC"},
+                "log": {"verifier_key": "x", "checkpoint": "log/checkpoint.json"},
+                "report": {"body": "report/report.json", "signature": "report/signature.json"},
+                "files": files or {}, "methodologies": [],
+                "collectors": [{"collector_id": "c1", "blocks": "blocks/c1.ndjson",
+                                "proofs": "proofs/c1.ndjson"}]}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("manifest.json", json.dumps(manifest))
+        info = zipfile.ZipInfo("blocks/c1.ndjson")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with archive.open(info, "w", force_zip64=True) as out:
+            chunk = BOMB_LINE * 10_000
+            for _ in range(lines // 10_000):
+                out.write(chunk)
+    return path
+
+
+def test_a_zip_bomb_costs_what_the_caps_allow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = _bomb(tmp_path / "bomb.zip", 300_000)  # 25 MB of lines in a 25 KB zip
+    assert bomb.stat().st_size < 100_000
+    started = time.monotonic()
+    verdict = _verify_capped(bomb, max_blocks=1000)
+    # the lines past the cap are not read: one block kept, its 999 repeats counted, 200 listed
+    assert verdict.info["collectors"] == [{"collector_id": "c1", "blocks": 1, "ranges": [[1, 1]]}]
+    too_many = [f for f in verdict.failures if f.code == "too_many_blocks"]
+    assert len(too_many) == 1 and "more than 1,000 blocks" in too_many[0].detail
+    assert "--max-blocks" in too_many[0].detail
+    repeats = [f for f in verdict.failures if f.code == "duplicate_block"]
+    assert len(repeats) == MAX_LISTED + 1 and verdict.unlisted == {"duplicate_block": 999 - MAX_LISTED}
+    assert repeats[-1].detail == f"and {999 - MAX_LISTED} more failure(s) of this code, not listed"
+    assert verdict.to_json()["unlisted"] == {"duplicate_block": 999 - MAX_LISTED}
+    assert "999 failure(s)" in render_verdict(verdict)  # the chains row counts them all
+    # an entry whose zip header is past the ceiling is not inflated at all
+    monkeypatch.setattr("gateway.bundle_verify.MAX_ENTRY_BYTES", 1 << 20)
+    verdict = _verify(bomb, None)
+    too_large = [f for f in verdict.failures if f.code == "entry_too_large"]
+    assert [f.path for f in too_large] == ["blocks/c1.ndjson"]
+    assert "more than the 1,048,576 bytes the verifier reads" in too_large[0].detail
+    assert verdict.info["collectors"] == [{"collector_id": "c1", "blocks": 0, "ranges": []}]
+    assert time.monotonic() - started < 3.0
+
+
+def _verify_capped(path: Path, **limits: int) -> Verdict:
+    return asyncio.run(verify_bundle(path, log_key=None, **limits))
+
+
+def test_an_entry_is_read_no_further_than_the_manifest_declares(small_bundle: Path,
+                                                                tmp_path: Path) -> None:
+    entries = _entries(small_bundle)
+    manifest = json.loads(entries["manifest.json"])
+    blocks = manifest["collectors"][0]["blocks"]
+    first_line = entries[blocks].index(b"\n") + 1
+    manifest["files"][blocks]["bytes"] = first_line + 10  # one line and a bit
+    entries["manifest.json"] = json.dumps(manifest).encode()
+    path = tmp_path / "declared.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    verdict = _verify(path, None)
+    files = [f for f in verdict.failures if f.check == "files"]
+    assert [(f.code, f.path) for f in files] == [("file_digest_mismatch", blocks)]
+    assert f"inflates past the {first_line + 10:,} bytes the manifest declares" in files[0].detail
+    assert verdict.info["collectors"][0]["blocks"] == 1  # the one line within the declared bytes
+
+
+def test_max_blocks_on_the_command_line(tmp_path: Path) -> None:
+    bomb = _bomb(tmp_path / "bomb.zip", 20_000)
+    result = run_stackline("verify", "--bundle", str(bomb), "--max-blocks", "500", "--json")
+    assert result.returncode == 1, result.stderr
+    document = json.loads(result.stdout)
+    assert "too_many_blocks" in {f["code"] for f in document["failures"]}
+    assert document["unlisted"] == {"duplicate_block": 499 - MAX_LISTED}
+    refused = run_stackline("verify", "--bundle", str(bomb), "--max-blocks", "0")
+    assert refused.returncode == 2 and "--max-blocks" in refused.stderr
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "blocks/../../evil.txt", "/etc/evil", "\\evil"])
+def test_a_zip_entry_that_climbs_out_is_not_a_bundle(small_bundle: Path, tmp_path: Path,
+                                                       name: str) -> None:
+    path = tmp_path / "climbing.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for entry_name, data in _entries(small_bundle).items():
+            archive.writestr(entry_name, data)
+        archive.writestr(zipfile.ZipInfo(name), b"x")
+    with pytest.raises(NotABundleError, match="outside the archive"):
+        _verify(path, None)
+
+
+class _RenamingSource(LedgerSource):
+    """A gateway that names a collector or a methodology with a path."""
+
+    def __init__(self, *, ledger: Ledger, log: TransparencyLog, collector: str | None = None,
+                 methodology: str | None = None) -> None:
+        super().__init__(ledger=ledger, log=log, gateway_id="gw-1")
+        self.collector = collector
+        self.methodology_name = methodology
+
+    async def unit_collectors(self, plant_id: str, unit_id: str) -> list[str]:
+        found = await super().unit_collectors(plant_id, unit_id)
+        return found if self.collector is None else [*found, self.collector]
+
+    async def methodology(self, name: str) -> MethodologyFile:
+        found = await super().methodology(name)
+        if self.methodology_name is None:
+            return found
+        return MethodologyFile(self.methodology_name, found.data, found.digest)
+
+
+@pytest.mark.parametrize(("collector", "methodology", "named"), [
+    ("../../../home/user/.bashrc", None, "collector id"),
+    ("c1/../..", None, "collector id"),
+    ("a..b", None, "collector id"),
+    (None, "../../evil", "methodology"),
+])
+def test_the_exporter_names_no_file_after_a_path_the_gateway_sends(
+        tmp_path: Path, collector: str | None, methodology: str | None, named: str) -> None:
+    plant = DemoCollector(COLLECTOR)
+    out = tmp_path / "out" / "b.zip"
+    out.parent.mkdir()
+
+    async def export() -> None:
+        ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
+        try:
+            await ledger.enroll(plant.key)
+            await _store(ledger, COLLECTOR, plant.chain(4))
+            log = TransparencyLog(ledger=ledger, origin=ORIGIN,
+                                  signing_key=nacl.signing.SigningKey.generate())
+            await log.start()
+            source = _RenamingSource(ledger=ledger, log=log, collector=collector,
+                                     methodology=methodology)
+            await export_bundle(source, unit_id="unit-1", start=date(2023, 11, 15),
+                                end=date(2023, 11, 16), out=out)
+        finally:
+            await ledger.close()
+    with pytest.raises(ExportError, match=f"the gateway named a {named} .*not an identifier"):
+        asyncio.run(export())
+    assert os.listdir(out.parent) == []
+
+
+def test_an_export_right_after_a_checkpoint_waits_for_one_that_holds_its_blocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway answers its latest checkpoint while it is younger than the interval: an export
+    whose blocks arrived after it asks again once the interval is over."""
+    monkeypatch.setattr("gateway.verifier_api.CHECKPOINT_MIN_INTERVAL_S", 0.3)
+    plant = DemoCollector(COLLECTOR)
+    chain = plant.chain(15)
+    out = tmp_path / "b.zip"
+    messages: list[str] = []
+
+    async def export() -> int:
+        ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
+        try:
+            await ledger.enroll(plant.key)
+            log = TransparencyLog(ledger=ledger, origin=ORIGIN,
+                                  signing_key=nacl.signing.SigningKey.generate())
+            await log.start()
+            await _store(ledger, COLLECTOR, chain[:10])
+            await log.publish()  # the log's own checkpoint, of 10 blocks, a moment ago
+            await _store(ledger, COLLECTOR, chain[10:])
+            summary = await export_bundle(LedgerSource(ledger=ledger, log=log, gateway_id="gw-1"),
+                                          unit_id="unit-1", start=date(2023, 11, 15),
+                                          end=date(2023, 11, 16), out=out, progress=messages.append)
+            return summary.tree_size
+        finally:
+            await ledger.close()
+    assert asyncio.run(export()) == len(chain)
+    assert any("(tree size 10) does not hold block 16 of collector" in m and "asking again" in m
+               for m in messages), messages
+    verdict = _verify(out, None)
+    assert verdict.ok, [f.to_json() for f in verdict.failures]

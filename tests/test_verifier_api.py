@@ -16,8 +16,10 @@ import json
 import logging
 import socket
 import sqlite3
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,8 @@ from collector.config import load_plant
 from collector.plan import compile_plan
 from collector.totalizer import TotalizerTracker
 from gateway.accounting.methodology import load_methodology
-from gateway.config import GatewayConfig, LoadedGatewayConfig, load_gateway_config
+from gateway.accounting.source import PeriodTooLarge, load_unit_data
+from gateway.config import GatewayConfig, LoadedGatewayConfig, VerifierApiSection, load_gateway_config
 from gateway.errors import ConfigError, LedgerError
 from gateway.ledger import (
     BlockSelection,
@@ -41,6 +44,7 @@ from gateway.ledger import (
     Ledger,
     PostgresLedger,
     SqliteLedger,
+    StoredRow,
     VerifiedBlock,
 )
 from gateway.ledger.selection import selection_query
@@ -50,6 +54,9 @@ from gateway.tokens import Tokens, TokenScope, bearer_token, token_digest
 from gateway.translog.checkpoint import parse_checkpoint, parse_verifier_key
 from gateway.translog.merkle import leaf_hash, verify_consistency, verify_inclusion
 from gateway.verifier_api import (
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_PEER,
+    MAX_REPORT_BLOCKS,
     ApiError,
     BadRequest,
     MethodNotAllowed,
@@ -203,6 +210,13 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
         yield running
 
 
+@pytest.fixture
+def checkpoints_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every POST /v1/checkpoint publishes (not at most one a second): for tests that grow the
+    log between two checkpoints faster than the gateway publishes them."""
+    monkeypatch.setattr("gateway.verifier_api.CHECKPOINT_MIN_INTERVAL_S", 0.0)
+
+
 # --- HTTP: what a token may read ----------------------------------------------------------------------
 
 
@@ -296,6 +310,7 @@ async def test_a_time_range_decodes_no_payload(gateway: Gateway,
     assert [line["sequence"] for line in before.lines()] == [2]  # tick 0; the CONFIG block is #1
 
 
+@pytest.mark.usefixtures("checkpoints_on_demand")
 async def test_a_block_not_yet_in_the_log_has_no_leaf_index(gateway: Gateway) -> None:
     task = gateway.runtime._log_task  # stop the log's own integration: only publish integrates
     assert task is not None
@@ -347,6 +362,7 @@ async def test_proofs_verify_against_the_signed_checkpoint(gateway: Gateway) -> 
     assert part.lines() == proofs[4:6]
 
 
+@pytest.mark.usefixtures("checkpoints_on_demand")
 async def test_a_proof_stream_covers_only_blocks_in_that_tree(gateway: Gateway) -> None:
     first = await gateway.publish()
     await gateway.grow(gateway.a, 3)
@@ -363,6 +379,7 @@ async def test_a_proof_stream_covers_only_blocks_in_that_tree(gateway: Gateway) 
     assert (missing.status, missing.json()["error"]) == (404, "not_found")
 
 
+@pytest.mark.usefixtures("checkpoints_on_demand")
 async def test_a_consistency_proof_between_two_checkpoints_of_a_growing_log(gateway: Gateway) -> None:
     first = await gateway.publish()
     assert await gateway.publish() == first  # nothing new: the same checkpoint
@@ -1018,6 +1035,8 @@ BAD_SECTIONS = [
      "verifier_api.listen"),
     ({"listen": "nowhere", "tokens": [{"name": "a", "sha256": "0" * 64, "plants": ["p"]}]},
      "verifier_api.listen"),
+    ({"max_report_blocks": 0, "tokens": [{"name": "a", "sha256": "0" * 64, "plants": ["p"]}]},
+     "verifier_api.max_report_blocks"),
 ]
 
 
@@ -1157,3 +1176,229 @@ def test_a_verifier_api_off_loopback_warns_that_tokens_travel_in_plaintext(
     with caplog.at_level(logging.WARNING, logger="gateway.runtime"):
         GatewayRuntime(config=load_gateway_config(path))
     assert ("in plaintext: bearer tokens cross the network" in caplog.text) is warned
+
+
+# --- what one client cannot take from the others ---------------------------------------------------
+
+
+class _CountingReader:
+    """A ledger's blocks as `load_unit_data` reads them, counting those of the per-collector
+    pass (the one that keeps readings blocks)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.kept_pass_rows = 0
+
+    async def iter_blocks(self, collector_id: str | None = None) -> AsyncIterator[StoredRow]:
+        async for row in self.ledger.iter_blocks(collector_id):
+            if collector_id is not None:
+                self.kept_pass_rows += 1
+            yield row
+
+
+async def test_a_report_reads_no_more_blocks_than_its_cap(gateway: Gateway) -> None:
+    day, next_day = date.fromisoformat(REPORT_DAY), date.fromisoformat(REPORT_NEXT)
+    reader = _CountingReader(gateway.runtime.ledger)
+    data = await load_unit_data(reader, unit_id="unit-1", start=day, end=next_day, plant_id=PLANT_A)
+    assert len(data.blocks) == READINGS_BLOCKS and reader.kept_pass_rows == READINGS_BLOCKS + 1
+    reader = _CountingReader(gateway.runtime.ledger)
+    with pytest.raises(PeriodTooLarge) as caught:
+        await load_unit_data(reader, unit_id="unit-1", start=day, end=next_day, plant_id=PLANT_A,
+                             max_blocks=5)
+    assert (caught.value.blocks, caught.value.max_blocks) == (6, 5)
+    assert reader.kept_pass_rows == 7  # the CONFIG block and six readings blocks: then it stopped
+    exact = await load_unit_data(gateway.runtime.ledger, unit_id="unit-1", start=day, end=next_day,
+                                 plant_id=PLANT_A, max_blocks=READINGS_BLOCKS)
+    assert exact.blocks == data.blocks
+
+
+async def test_a_report_of_more_blocks_than_the_gateway_reads_is_refused(gateway: Gateway) -> None:
+    verifier = gateway.runtime.verifier
+    assert verifier is not None
+    assert verifier.max_report_blocks == MAX_REPORT_BLOCKS == VerifierApiSection(
+        tokens=({"name": "a", "sha256": "0" * 64, "plants": ["p"]},)).max_report_blocks
+    verifier.max_report_blocks = 10
+    path = f"/v1/plants/{PLANT_A}/units/unit-1/report?from={REPORT_DAY}&to={REPORT_NEXT}"
+    reply = await gateway.get(path)
+    assert (reply.status, reply.json()["error"]) == (422, "unprocessable"), reply.body
+    detail = reply.json()["detail"]
+    assert "more than 10 readings blocks" in detail and "shorter period" in detail
+    assert "verifier_api.max_report_blocks" in detail
+    async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await VerifierStub(channel).GetReport(pb.ReportRequest(
+                plant_id=PLANT_A, unit_id="unit-1", from_date=REPORT_DAY, to_date=REPORT_NEXT),
+                metadata=_auth(TOKEN_A))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details() == detail
+    assert gateway.refusals("unprocessable") == gateway.refusals("unprocessable", "grpc") == 1
+    verifier.max_report_blocks = READINGS_BLOCKS
+    assert (await gateway.get(path)).status == 200
+
+
+async def test_checkpoints_are_published_at_most_once_an_interval(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each publication is signed and stored for good: POST /v1/checkpoint (and gRPC fresh)
+    answer the latest checkpoint while it is younger than the interval, whoever published it."""
+    monkeypatch.setattr("gateway.verifier_api.CHECKPOINT_MIN_INTERVAL_S", 3600.0)
+    ledger = gateway.runtime.ledger
+    first = await gateway.publish()
+    async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+        for _ in range(20):
+            await gateway.grow(gateway.a, 1)
+            assert await gateway.publish() == first
+            fresh = await VerifierStub(channel).GetCheckpoint(pb.CheckpointRequest(fresh=True),
+                                                              metadata=_auth(TOKEN_A))
+            assert _checkpoint_json(fresh) == first
+    assert [c.tree_size for c in await ledger.checkpoints()] == [first["tree_size"]]
+    monkeypatch.setattr("gateway.verifier_api.CHECKPOINT_MIN_INTERVAL_S", 0.0)
+    second = await gateway.publish()
+    assert second["tree_size"] == first["tree_size"] + 20  # past the interval: every stored block
+    # a checkpoint the log published itself (its timer) is as young as one published on request
+    await gateway.grow(gateway.a, 1)
+    own = await gateway.runtime.log.publish()
+    await gateway.grow(gateway.a, 1)
+    monkeypatch.setattr("gateway.verifier_api.CHECKPOINT_MIN_INTERVAL_S", 3600.0)
+    assert (await gateway.publish())["tree_size"] == own.tree_size == second["tree_size"] + 1
+
+
+async def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def _exchange(port: int, data: bytes, *, source: str = "127.0.0.1",
+              timeout_s: float = 5.0) -> bytes:
+    """Send one request on a fresh connection (the write side left open, as a keep-alive client
+    does) and read until the server closes it; socket.timeout if it does not."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s,
+                                  source_address=(source, 0)) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+async def test_a_request_that_does_not_authenticate_ends_its_connection(gateway: Gateway) -> None:
+    for auth in ("", "Authorization: Bearer not-a-token-this-gateway-knows\r\n",
+                 "Authorization: Basic dXNlcjpwYXNz\r\n"):
+        for path in ("/v1/log", "/no/such/path"):
+            request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+            answer = await asyncio.to_thread(_exchange, gateway.http_port, request)
+            head = answer.partition(b"\r\n\r\n")[0]
+            assert head.startswith(b"HTTP/1.1 401 ") and b"Connection: close" in head, head
+    # the reviewer's lock-out: as many anonymous keep-alive clients as the server has connections
+    # (each one refused and closed) leave no connection held, and a token holder gets in
+    answers = [await asyncio.to_thread(_exchange, gateway.http_port,
+                                       b"GET /v1/log HTTP/1.1\r\nHost: x\r\n\r\n")
+               for _ in range(MAX_CONNECTIONS)]
+    assert all(a.startswith(b"HTTP/1.1 401 ") for a in answers)
+    http_server = gateway.runtime.verifier_http
+    assert http_server is not None
+    await _wait_for(lambda: http_server.connections == 0, "the connections to close")
+    assert (await gateway.get("/v1/log")).status == 200
+
+
+async def test_a_connection_must_authenticate_within_seconds(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.verifier_api.AUTH_TIMEOUT_S", 0.3)
+    started = time.monotonic()
+    assert await asyncio.to_thread(_exchange, gateway.http_port, b"") == b""  # says nothing
+    assert await asyncio.to_thread(_exchange, gateway.http_port,
+                                   b"GET /v1/log HTTP/1.1\r\nHost:") == b""  # half a head
+    assert time.monotonic() - started < 4.0
+
+    def authenticated_then_idle() -> list[int]:
+        # once a request authenticated, the connection waits for the next as long as before
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=TIMEOUT_S)
+        try:
+            statuses = []
+            for pause_s in (0.0, 0.6):
+                time.sleep(pause_s)  # past the first request's deadline: not a synchronisation
+                connection.request("GET", "/v1/log", headers={"Authorization": f"Bearer {TOKEN_A}"})
+                response = connection.getresponse()
+                response.read()
+                statuses.append(response.status)
+            return statuses
+        finally:
+            connection.close()
+    assert await asyncio.to_thread(authenticated_then_idle) == [200, 200]
+
+
+async def test_one_address_cannot_take_every_connection(gateway: Gateway) -> None:
+    http_server = gateway.runtime.verifier_http
+    assert http_server is not None
+    held = [socket.create_connection(("127.0.0.1", gateway.http_port))
+            for _ in range(MAX_CONNECTIONS_PER_PEER)]
+    try:
+        await _wait_for(lambda: http_server.connections == MAX_CONNECTIONS_PER_PEER,
+                        "the held connections")
+        one_more = await asyncio.to_thread(_exchange, gateway.http_port, (
+            f"GET /v1/log HTTP/1.1\r\nAuthorization: Bearer {TOKEN_A}\r\n\r\n").encode())
+        head, _, body = one_more.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in head, head
+        assert "from one address" in json.loads(body)["detail"]
+        assert gateway.refusals("unavailable") == 1
+        # another address still gets in (the whole of 127.0.0.0/8 is loopback)
+        other = await asyncio.to_thread(_exchange, gateway.http_port, (
+            f"GET /v1/log HTTP/1.1\r\nAuthorization: Bearer {TOKEN_A}\r\n"
+            "Connection: close\r\n\r\n").encode(), source="127.0.0.2")
+        assert other.startswith(b"HTTP/1.1 200 "), other[:200]
+    finally:
+        for sock in held:
+            sock.close()
+    await _wait_for(lambda: http_server.connections == 0, "the held connections to close")
+    assert (await gateway.get("/v1/log")).status == 200
+
+
+def test_a_content_length_of_other_digits_is_a_bad_request() -> None:
+    # the head is read as latin-1, whose superscripts are digits to str.isdigit and not to int()
+    for value in ("\u00b2", "\u00b3", "1\u00b9"):
+        head = parse_request_head(f"GET /v1/log HTTP/1.1\r\nContent-Length: {value}\r\n\r\n"
+                                  .encode("latin-1"))
+        with pytest.raises(BadRequest, match="Content-Length"):
+            head.content_length()
+
+
+async def test_a_malformed_or_short_body_is_answered_counted_and_quiet(
+        gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    http_server = gateway.runtime.verifier_http
+    assert http_server is not None
+    with caplog.at_level(logging.WARNING, logger="gateway.verifier_api"):
+        answer = await asyncio.to_thread(
+            _raw, gateway.http_port, b"GET /v1/log HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head, answer[:200]
+        assert "Content-Length" in json.loads(body)["detail"]
+        assert gateway.refusals("bad_request") == 1
+        # a body shorter than its Content-Length, then the client hangs up: closed, not a crash
+        short = await asyncio.to_thread(
+            _raw, gateway.http_port, (f"POST /v1/checkpoint HTTP/1.1\r\nAuthorization: Bearer "
+                                      f"{TOKEN_A}\r\nContent-Length: 10\r\n\r\nabc").encode())
+        assert short == b""
+        await _wait_for(lambda: not http_server._tasks, "the connections to end")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_request_head_the_parser_fails_on_is_a_counted_bad_request(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(data: bytes) -> Any:
+        raise ValueError("a bug in the parser")
+    monkeypatch.setattr("gateway.verifier_api.parse_request_head", broken)
+    answer = await asyncio.to_thread(_raw, gateway.http_port, b"GET /v1/log HTTP/1.1\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head, answer[:200]
+    assert json.loads(body)["detail"] == "the request head does not parse: a bug in the parser"
+    assert gateway.refusals("bad_request") == 1
+
+
+def test_the_report_cap_of_the_configuration_reaches_the_running_api(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"gateway": {"id": "g"}, "listen": {"grpc": "127.0.0.1:0"},
+                                    "verifier_api": {"max_report_blocks": 7, "tokens": [
+                                        {"name": "a", "sha256": "ab" * 32, "plants": ["p"]}]}}))
+    runtime = GatewayRuntime(config=load_gateway_config(path))
+    assert runtime.verifier is not None and runtime.verifier.max_report_blocks == 7

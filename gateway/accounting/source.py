@@ -19,7 +19,8 @@ from gateway.ledger.base import StoredRow
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import decode_block
 
-__all__ = ["MARGIN_MS", "BlockReader", "UnitData", "load_unit_data", "unit_collectors"]
+__all__ = ["MARGIN_MS", "BlockReader", "PeriodTooLarge", "UnitData", "load_unit_data",
+           "unit_collectors"]
 
 MARGIN_MS = 3_600_000  # blocks this far outside the period are read too: a slow poll's reading
 
@@ -31,6 +32,17 @@ class BlockReader(Protocol):
     def iter_blocks(self, collector_id: str | None = None) -> AsyncIterator[StoredRow]:
         """Every stored block (or one collector's), by collector and sequence."""
         ...
+
+
+class PeriodTooLarge(AccountingError):
+    """The period holds more readings blocks than the caller lets one accounting hold in memory:
+    `blocks` collected when it stopped (one more than `max_blocks`), and the cap."""
+
+    def __init__(self, *, blocks: int, max_blocks: int) -> None:
+        super().__init__(f"the period holds more than {max_blocks:,} readings blocks (stopped "
+                         f"reading at {blocks:,})")
+        self.blocks = blocks
+        self.max_blocks = max_blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +95,13 @@ async def unit_collectors(ledger: BlockReader, *, unit_id: str,
 
 
 async def load_unit_data(ledger: BlockReader, *, unit_id: str, start: date, end: date,
-                         plant_id: str | None = None) -> UnitData:
+                         plant_id: str | None = None, max_blocks: int | None = None) -> UnitData:
     """The blocks of every collector whose configuration accounts for `unit_id`, in the period
     (local days [start, end) of the plant's zone); AccountingError when no configuration in the
-    ledger has that unit, or two plants do and `plant_id` does not say which."""
+    ledger has that unit, or two plants do and `plant_id` does not say which.
+
+    Every readings block of the period is held in memory (a few KB each): with `max_blocks`,
+    PeriodTooLarge as soon as more than that many are collected, before reading further."""
     configs: dict[tuple[str, bytes], Mapping[str, Any]] = {}
     collectors: dict[str, str] = {}
     async for collector_id, digest, config in _configurations(ledger):
@@ -118,6 +133,8 @@ async def load_unit_data(ledger: BlockReader, *, unit_id: str, start: date, end:
             if block.window_end_unix_ms < start_ms or block.window_start_unix_ms > end_ms:
                 continue
             blocks.append(BlockInput(collector_id, row.sequence, row.hash, block))
+            if max_blocks is not None and len(blocks) > max_blocks:
+                raise PeriodTooLarge(blocks=len(blocks), max_blocks=max_blocks)
             in_force = (collector_id, bytes(block.config_digest))
     document = configs.get(in_force) if in_force else None
     if document is None or not _has_unit(document, unit_id, plant_id):
