@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import nacl.signing
-from common import cpu_seconds, emit, result
+from common import emit, postgres_cpu_seconds, result
 
 from gateway.ledger import Ledger, PostgresLedger, SqliteLedger, VerifiedBlock
 from gateway.translog.log import TransparencyLog
@@ -47,19 +47,6 @@ BATCH = 1000
 def _cpu_s() -> float:
     times = os.times()
     return times.user + times.system
-
-
-def _server_cpu_s() -> float:
-    """User + system CPU of every `postgres` process on this machine."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    total += cpu_seconds(int(entry.name))
-            except OSError:  # ended meanwhile
-                continue
-    return total
 
 
 def _blocks(collector: str, signer: Signer, first: int, count: int,
@@ -128,11 +115,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for collector, sequence in wanted[:50]:  # warm the page cache and the connection
             await log.inclusion(collector, sequence, size)
         wall = time.perf_counter()
-        server_started = _server_cpu_s() if args.postgres else None
+        server_started = postgres_cpu_seconds() if args.postgres else None
         started = _cpu_s()
         proofs = [await log.inclusion(collector, sequence, size) for collector, sequence in wanted]
         cpu_s = _cpu_s() - started
-        server_cpu_s = None if server_started is None else _server_cpu_s() - server_started
+        server_cpu_s = None if server_started is None else postgres_cpu_seconds() - server_started
         wall_s = time.perf_counter() - wall
         # an export's pattern: the proofs of a whole range of one collector's blocks at once
         started = _cpu_s()
