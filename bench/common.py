@@ -100,6 +100,7 @@ def emit(document: dict[str, Any]) -> int:
 # bench/drain.py): chains of signed blocks as a collector seals them, a gateway process, a broker,
 # a throwaway PostgreSQL database, and the resources of a process from the OS
 
+__all__ += ["rate"]
 __all__ += ["BLOCK_BASE_UNIX_MS", "POSTGRES_ADMIN_URL", "Backlog", "check_ledger", "config_draft",
             "enroll_backlogs", "log_tail", "pack_backlog", "peak_rss_mib", "postgres_cpu_seconds",
             "presign", "public_key_of", "readings_draft", "self_cpu_seconds",
@@ -374,3 +375,8 @@ def machine_busy_seconds() -> float:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def rate(count: int, seconds: float) -> int | None:
+    """A rate; None when the time is too short for the clock (10 ms ticks) to have seen it."""
+    return round(count / seconds) if seconds > 0 else None

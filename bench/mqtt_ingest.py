@@ -45,6 +45,7 @@ from common import (
     peak_rss_mib,
     postgres_cpu_seconds,
     presign,
+    rate,
     result,
     self_cpu_seconds,
     spawn_gateway,
@@ -258,9 +259,9 @@ async def _measure(args: argparse.Namespace, location: str, tmp: Path, backlogs:
                                          args.readings)
     readings = report.total("readings")
     return result(SCENARIO, parameters, {
-        "readings_per_cpu_s": _per(readings, measured.gateway_cpu_s),
-        "readings_per_s": _per(readings, measured.wall_s),
-        "readings_per_cpu_s_with_log": _per(readings, measured.gateway_cpu_with_log_s),
+        "readings_per_cpu_s": rate(readings, measured.gateway_cpu_s),
+        "readings_per_s": rate(readings, measured.wall_s),
+        "readings_per_cpu_s_with_log": rate(readings, measured.gateway_cpu_with_log_s),
         "blocks": total,
         "readings": readings,
         "wall_s": round(measured.wall_s, 2),
@@ -278,11 +279,6 @@ async def _measure(args: argparse.Namespace, location: str, tmp: Path, backlogs:
         "other_processes_cpu_s": round(max(0.0, measured.others_cpu_s), 2),
         "chains_verified": report.ok,
     }, failure)
-
-
-def _per(count: int, seconds: float) -> int | None:
-    """A rate; None when the time is too short for the clock (10 ms ticks) to have seen it."""
-    return round(count / seconds) if seconds > 0 else None
 
 
 async def run(args: argparse.Namespace, backlogs: list[Backlog]) -> int:
