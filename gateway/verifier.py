@@ -7,9 +7,15 @@ payload bytes, links are checked against the recomputed hashes).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, Final
 
 from gateway.errors import LedgerError
 from gateway.ledger.base import CollectorKey, CollectorOverview, Ledger, StoredRow
@@ -19,6 +25,20 @@ from proto.stackline.v1 import stackline_pb2 as pb
 from proto.wire import GENESIS_HASH, Verifier, decode_block
 
 __all__ = ["ChainAudit", "CollectorAudit", "Finding", "VerifyReport", "render_text", "verify_ledger"]
+
+SIGNATURE_CHUNK = 256
+"""Rows whose signatures one worker checks at a time."""
+SIGNATURE_CHUNKS_AHEAD = 8
+"""Chunks being checked ahead of the chain walk (bounds the rows held in memory)."""
+
+
+class Unchecked(Enum):
+    """The signature verdict `ChainAudit.feed` computes itself."""
+
+    UNCHECKED = "unchecked"
+
+
+UNCHECKED: Final = Unchecked.UNCHECKED
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +137,27 @@ class ChainAudit:
     def _find(self, row: StoredRow, problem: str, detail: str) -> None:
         self.report.findings.append(Finding(row.collector_id, row.sequence, problem, detail))
 
-    def feed(self, row: StoredRow) -> None:
-        """Check one stored block against its key and the block before it."""
+    def signature_problems(self, rows: Sequence[StoredRow]) -> list[str | None]:
+        """Per row, why its signature fails (None when it holds). Pure and thread-safe, so that
+        signatures can be checked on other cores while `feed` walks the chains."""
+        problems: list[str | None] = []
+        for row in rows:
+            verifier = self._verifiers.get((row.collector_id, row.key_id))
+            if verifier is None:
+                problems.append(f"key {row.key_id} is not an enrolled key of {row.collector_id}")
+                continue
+            try:
+                verifier.verify(row.payload, row.signature)
+            except VerificationError as exc:
+                problems.append(exc.detail)
+            else:
+                problems.append(None)
+        return problems
+
+    def feed(self, row: StoredRow, *, signature_problem: str | Unchecked | None = UNCHECKED
+             ) -> None:
+        """Check one stored block against its key and the block before it (its signature too,
+        unless `signature_problem` brings the verdict of `signature_problems`)."""
         if row.collector_id != self._collector:
             self._collector = row.collector_id
             self._expected = 1
@@ -130,7 +169,12 @@ class ChainAudit:
             audit.first_sequence = row.sequence
         audit.last_sequence = row.sequence
         actual_hash = hashlib.sha256(row.payload).digest()
-        signature_ok = self._check_signature(row, audit)
+        if isinstance(signature_problem, Unchecked):
+            signature_problem = self.signature_problems([row])[0]
+        signature_ok = signature_problem is None
+        if signature_problem is not None:
+            audit.bad_signatures += 1
+            self._find(row, "bad_signature", signature_problem)
         if signature_ok and actual_hash != row.hash:
             self._find(row, "hash_mismatch",
                        "the stored hash column does not match SHA-256 of the payload")
@@ -189,27 +233,11 @@ class ChainAudit:
                     collector_id, stored + 1, "truncated",
                     f"the chain head is {entry.sequence} but the stored blocks end at {stored}"))
 
-    def _check_signature(self, row: StoredRow, audit: CollectorAudit) -> bool:
-        verifier = self._verifiers.get((row.collector_id, row.key_id))
-        if verifier is None:
-            audit.bad_signatures += 1
-            self._find(row, "bad_signature",
-                       f"key {row.key_id} is not an enrolled key of {row.collector_id}")
-            return False
-        try:
-            verifier.verify(row.payload, row.signature)
-        except VerificationError as exc:
-            audit.bad_signatures += 1
-            self._find(row, "bad_signature", exc.detail)
-            return False
-        return True
-
 
 async def verify_ledger(ledger: Ledger, *, collector_id: str | None = None) -> VerifyReport:
     """Audit every chain in the ledger (or one collector's)."""
     audit = ChainAudit(keys=await ledger.collector_keys())
-    async for row in ledger.iter_blocks(collector_id):
-        audit.feed(row)
+    await _feed_checking_signatures_aside(audit, ledger.iter_blocks(collector_id))
     overview = await ledger.collectors_overview()
     if collector_id is not None:
         overview = {k: v for k, v in overview.items() if k == collector_id}
@@ -222,6 +250,35 @@ async def verify_ledger(ledger: Ledger, *, collector_id: str | None = None) -> V
         except LedgerError as exc:  # a ledger opened read-only from before the log
             audit.report.warnings.append(Finding("", 0, "no_transparency_log", str(exc)))
     return audit.report
+
+
+async def _feed_checking_signatures_aside(audit: ChainAudit, rows: AsyncIterator[StoredRow]) -> None:
+    """Feed every row in order while the signatures of the next chunks are checked in worker
+    threads (libsodium releases the GIL): Ed25519 is most of the cost, and it uses the other
+    cores this way. At most SIGNATURE_CHUNKS_AHEAD chunks are held in memory."""
+    loop = asyncio.get_running_loop()
+    workers = max(1, (os.cpu_count() or 1) - 1)
+    pending: deque[tuple[list[StoredRow], asyncio.Future[list[str | None]]]] = deque()
+
+    async def feed_oldest() -> None:
+        chunk, verdicts = pending.popleft()
+        for row, problem in zip(chunk, await verdicts, strict=True):
+            audit.feed(row, signature_problem=problem)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                               thread_name_prefix="verify-signatures") as pool:
+        chunk: list[StoredRow] = []
+        async for row in rows:
+            chunk.append(row)
+            if len(chunk) == SIGNATURE_CHUNK:
+                pending.append((chunk, loop.run_in_executor(pool, audit.signature_problems, chunk)))
+                chunk = []
+                if len(pending) > SIGNATURE_CHUNKS_AHEAD:
+                    await feed_oldest()
+        if chunk:
+            pending.append((chunk, loop.run_in_executor(pool, audit.signature_problems, chunk)))
+        while pending:
+            await feed_oldest()
 
 
 def render_text(report: VerifyReport, *, max_findings: int = 50) -> str:
