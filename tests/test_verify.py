@@ -17,9 +17,11 @@ from gateway.ledger import SqliteLedger
 from gateway.ledger.base import StoredCheckpoint
 from gateway.runtime import enroll_collector
 from gateway.translog.log import TransparencyLog
+from gateway.verifier import SIGNATURE_CHUNK, verify_ledger
 from proto.stackline.v1 import stackline_pb2 as pb
 from proto.tlog import Checkpoint
 from proto.wire import GENESIS_HASH, BlockDraft, ReadingValue, Signer, block_hash, encode_block
+from tests.demo_blocks import DemoCollector
 from tests.support import run_stackline
 
 BLOCKS = 12
@@ -206,3 +208,27 @@ def test_a_configuration_block_must_match_its_digest(tmp_path: Path) -> None:
     result = run_stackline("verify", "--ledger", str(path))
     assert result.returncode == 1
     assert "plant-c-c1 block 1: config_digest_mismatch" in result.stdout
+
+
+async def test_signatures_checked_ahead_in_threads_are_matched_to_their_blocks(tmp_path: Path) -> None:
+    """More blocks than several signature chunks: a forged block deep in the chain is named by
+    its own sequence, and no other block is blamed."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = SqliteLedger(path=path)
+    plant = DemoCollector()
+    try:
+        await ledger.enroll(plant.key)
+        chain = plant.chain(3 * SIGNATURE_CHUNK)
+        await ledger.append(plant.collector_id, chain, transport="test", peer="test",
+                            received_unix_ms=0)
+    finally:
+        await ledger.close()
+    forged = 2 * SIGNATURE_CHUNK + 7
+    _tamper(path, "UPDATE blocks SET signature = ? WHERE sequence = ?", bytes(64), forged)
+    reader = SqliteLedger(path=path, read_only=True)
+    try:
+        report = await verify_ledger(reader)
+    finally:
+        await reader.close()
+    assert [(f.sequence, f.problem) for f in report.findings] == [(forged, "bad_signature")]
+    assert report.collectors[plant.collector_id].blocks == 3 * SIGNATURE_CHUNK + 1
