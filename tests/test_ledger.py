@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 import nacl.signing
@@ -880,5 +880,44 @@ async def test_postgres_blocks_cannot_be_truncated(postgres_url: str, plant_a: C
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
             await pg_execute(postgres_url, "TRUNCATE blocks")
         assert len(await stored(ledger)) == 2
+    finally:
+        await ledger.close()
+
+
+# --- group commit (SQLite) -------------------------------------------------------------------------
+
+
+async def test_appends_waiting_together_share_one_commit_and_fail_alone(tmp_path: Path) -> None:
+    """Many collectors' batches arriving at once are written in one synced transaction (one
+    disk sync instead of one each); a batch that cannot be written fails alone, in its own
+    savepoint, and the others are stored."""
+    from tests.demo_blocks import DemoCollector  # noqa: PLC0415 - only this test needs it
+
+    ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    await ledger.open()
+    groups: list[int] = []
+    group = ledger._append_group
+
+    def counting(db: sqlite3.Connection, *, requests: list[Any]) -> list[Any]:
+        groups.append(len(requests))
+        return group(db, requests=requests)
+    ledger._append_group = counting  # type: ignore[method-assign]
+    try:
+        plants = [DemoCollector(f"plant-{n:02d}-c1") for n in range(40)]
+        chains = [plant.chain(3) for plant in plants]
+        broken = chains[17][1]
+        chains[17][1] = VerifiedBlock(**{**{f: getattr(broken, f) for f in broken.__slots__},
+                                         "payload": None})
+        outcomes = await asyncio.gather(
+            *(ledger.append(plant.collector_id, chain, transport="test", peer="test",
+                            received_unix_ms=0) for plant, chain in zip(plants, chains, strict=True)),
+            return_exceptions=True)
+        assert groups == [40]                        # one transaction for all forty
+        failed = [n for n, outcome in enumerate(outcomes) if isinstance(outcome, BaseException)]
+        assert failed == [17]
+        heads = await ledger.heads()
+        assert plants[17].collector_id not in heads  # nothing of the failed batch, not even block 1
+        assert {cid: head.sequence for cid, head in heads.items()} == {
+            plant.collector_id: 4 for n, plant in enumerate(plants) if n != 17}
     finally:
         await ledger.close()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,6 +39,7 @@ __all__ = ["SCHEMA_VERSION", "SqliteLedger"]
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 5.0
 PAGE_ROWS = 2000
+MAX_APPENDS_PER_COMMIT = 500  # collectors' batches in one group commit
 _NODES_PER_QUERY = 400  # (level, idx) pairs per statement, under SQLite's parameter limit
 _T = TypeVar("_T")
 
@@ -168,6 +171,17 @@ BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Append:
+    """One collector's batch waiting for the next group commit."""
+
+    collector_id: str
+    blocks: list[VerifiedBlock]
+    transport: str
+    peer: str
+    received_unix_ms: int
+
+
 class SqliteLedger:
     """Ledger in one SQLite file."""
 
@@ -180,6 +194,8 @@ class SqliteLedger:
             max_workers=1, thread_name_prefix="ledger-sqlite")
         self._db: sqlite3.Connection | None = None
         self._heads: dict[str, ChainHead] = {}
+        self._appends: list[tuple[_Append, asyncio.Future[AppendResult]]] = []
+        self._appender: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"SqliteLedger(path={str(self.path)!r}, read_only={self.read_only})"
@@ -285,40 +301,89 @@ class SqliteLedger:
         self, collector_id: str, blocks: list[VerifiedBlock], *, transport: str, peer: str,
         received_unix_ms: int,
     ) -> AppendResult:
-        """Place and store blocks in one synced transaction."""
-        def work(db: sqlite3.Connection) -> AppendResult:
-            def stored_at(sequence: int) -> StoredBlock | None:
-                found = db.execute(
-                    "SELECT hash, previous_hash FROM blocks WHERE collector_id = ? AND sequence = ?",
-                    (collector_id, sequence)).fetchone()
-                return None if found is None else StoredBlock(bytes(found[0]), bytes(found[1]))
+        """Place and store blocks in a synced transaction. Appends that arrive while one is
+        being written (other collectors' batches) are committed together, each in a savepoint
+        of its own (group commit): one disk sync for many collectors, and a request that fails
+        fails alone."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[AppendResult] = loop.create_future()
+        self._appends.append((_Append(collector_id, blocks, transport, peer, received_unix_ms),
+                              done))
+        if self._appender is None or self._appender.done():
+            self._appender = loop.create_task(self._commit_appends(), name="ledger-appends")
+        return await done
 
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                plan = plan_append(collector_id=collector_id, blocks=blocks,
-                                   head=self._read_head(db, collector_id), stored_at=stored_at,
-                                   transport=transport, peer=peer,
-                                   received_unix_ms=received_unix_ms)
-                if plan.new_blocks:
-                    db.executemany(
-                        "INSERT INTO blocks (collector_id, sequence, hash, previous_hash, payload, "
-                        "signature, key_id, window_start_unix_ms, window_end_unix_ms, "
-                        "reading_count, kind, transport, received_unix_ms) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(collector_id, b.sequence, b.hash, b.previous_hash, b.payload, b.signature,
-                          b.key_id, b.window_start_unix_ms, b.window_end_unix_ms, b.reading_count,
-                          b.kind, transport, received_unix_ms) for b in plan.new_blocks])
-                    db.execute(
-                        "INSERT INTO chain_heads VALUES (?, ?, ?, ?, ?) "
-                        "ON CONFLICT (collector_id) DO UPDATE SET sequence = excluded.sequence, "
-                        "hash = excluded.hash, readings = readings + excluded.readings, "
-                        "latest_window_start_unix_ms = MAX(latest_window_start_unix_ms, "
-                        "excluded.latest_window_start_unix_ms)",
-                        (collector_id, plan.head.sequence, plan.head.hash, plan.readings,
-                         plan.latest_window_start_unix_ms))
-                kept = self._insert_quarantine(db, [plan.refused] if plan.refused else [])
-            return AppendResult(plan.head, plan.placements, plan.refused, kept == 1)
-        return await self._run(work)
+    async def _commit_appends(self) -> None:
+        """Write the waiting appends, a group per transaction, until none waits."""
+        while self._appends:
+            group, self._appends = (self._appends[:MAX_APPENDS_PER_COMMIT],
+                                    self._appends[MAX_APPENDS_PER_COMMIT:])
+            requests = [request for request, _ in group]
+            try:
+                outcomes = await self._run(functools.partial(self._append_group,
+                                                             requests=requests))
+            except Exception as exc:  # the commit failed: so did every append of the group
+                outcomes = [exc] * len(group)
+            for (_, done), outcome in zip(group, outcomes, strict=True):
+                if done.done():  # its caller gave up waiting
+                    continue
+                if isinstance(outcome, BaseException):
+                    done.set_exception(outcome)
+                else:
+                    done.set_result(outcome)
+
+    def _append_group(self, db: sqlite3.Connection, *,
+                      requests: list[_Append]) -> list[AppendResult | Exception]:
+        outcomes: list[AppendResult | Exception] = []
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for request in requests:
+                db.execute("SAVEPOINT one_append")
+                try:
+                    outcomes.append(self._append_one(db, request))
+                except sqlite3.DatabaseError as exc:  # this append only
+                    db.execute("ROLLBACK TO one_append")
+                    outcomes.append(LedgerError(f"ledger {self.path}: {exc}"))
+                except Exception as exc:  # handed to the one caller it belongs to
+                    db.execute("ROLLBACK TO one_append")
+                    outcomes.append(exc)
+                db.execute("RELEASE one_append")
+        return outcomes
+
+    def _append_one(self, db: sqlite3.Connection, request: _Append) -> AppendResult:
+        """Place and store one collector's batch inside the group's transaction."""
+        collector_id, blocks = request.collector_id, request.blocks
+        transport, received_unix_ms = request.transport, request.received_unix_ms
+
+        def stored_at(sequence: int) -> StoredBlock | None:
+            found = db.execute(
+                "SELECT hash, previous_hash FROM blocks WHERE collector_id = ? AND sequence = ?",
+                (collector_id, sequence)).fetchone()
+            return None if found is None else StoredBlock(bytes(found[0]), bytes(found[1]))
+
+        plan = plan_append(collector_id=collector_id, blocks=blocks,
+                           head=self._read_head(db, collector_id), stored_at=stored_at,
+                           transport=transport, peer=request.peer,
+                           received_unix_ms=received_unix_ms)
+        if plan.new_blocks:
+            db.executemany(
+                "INSERT INTO blocks (collector_id, sequence, hash, previous_hash, payload, "
+                "signature, key_id, window_start_unix_ms, window_end_unix_ms, "
+                "reading_count, kind, transport, received_unix_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(collector_id, b.sequence, b.hash, b.previous_hash, b.payload, b.signature,
+                  b.key_id, b.window_start_unix_ms, b.window_end_unix_ms, b.reading_count,
+                  b.kind, transport, received_unix_ms) for b in plan.new_blocks])
+            db.execute(
+                "INSERT INTO chain_heads VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (collector_id) DO UPDATE SET sequence = excluded.sequence, "
+                "hash = excluded.hash, readings = readings + excluded.readings, "
+                "latest_window_start_unix_ms = MAX(latest_window_start_unix_ms, "
+                "excluded.latest_window_start_unix_ms)",
+                (collector_id, plan.head.sequence, plan.head.hash, plan.readings,
+                 plan.latest_window_start_unix_ms))
+        kept = self._insert_quarantine(db, [plan.refused] if plan.refused else [])
+        return AppendResult(plan.head, plan.placements, plan.refused, kept == 1)
 
     # --- quarantine ------------------------------------------------------------------------
 
@@ -675,6 +740,8 @@ class SqliteLedger:
         """Close the connection and the worker thread."""
         def work(db: sqlite3.Connection) -> None:
             db.close()
+        if self._appender is not None and not self._appender.done():
+            await self._appender  # the appends already accepted are written first
         if self._db is not None:
             await self._run(work)
             self._db = None
