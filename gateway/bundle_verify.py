@@ -553,6 +553,10 @@ class _Verification:
         else:
             self.unlisted[failure.code] += 1
 
+    def _failure_count(self) -> int:
+        """Failures so far, listed or only counted."""
+        return len(self.failures) + sum(self.unlisted.values())
+
     def fail_entry(self, exc: BaseException, code: str, detail: str, path: str) -> None:
         """A zip entry that could not be read: `code` with `detail`, or, for an entry larger
         than may be read, entry_too_large (once per entry)."""
@@ -797,8 +801,12 @@ class _Verification:
             self.skip("checkpoint", "no usable log key")
             return
         path = self.bundle.manifest["log"]["checkpoint"]
+        failed_before = self._failure_count()
         document = self._document(path, "checkpoint_malformed")
         if document is None:
+            if self._failure_count() == failed_before:  # JSON null
+                self.fail(Failure("checkpoint_malformed", "null where the checkpoint belongs: "
+                                  "a bundle without a checkpoint proves nothing", path=path))
             self.skip("checkpoint", "no checkpoint")
             return
         try:
@@ -965,7 +973,12 @@ class _Verification:
             self.report_document = _report_document(body)
         except ValueError as exc:
             self.fail(Failure("report_malformed", str(exc), path=body_path))
+        failed_before = self._failure_count()
         signature_document = self._document(signature_path, "report_malformed")
+        if (signature_document is None
+                and self._failure_count() == failed_before):
+            self.fail(Failure("report_malformed", "null where the report's signature belongs: "
+                              "an unsigned report is not the gateway's", path=signature_path))
         if signature_document is None or not self.log_public_key:
             self.skip("report", "no signature, or no log key, to check")
             return body

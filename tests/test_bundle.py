@@ -801,3 +801,42 @@ def test_an_export_right_after_a_checkpoint_waits_for_one_that_holds_its_blocks(
                for m in messages), messages
     verdict = _verify(out, None)
     assert verdict.ok, [f.to_json() for f in verdict.failures]
+
+
+def test_a_checkpoint_file_holding_null_fails_the_bundle(small_bundle: Path, tmp_path: Path) -> None:
+    """Found by the fuzz test above: `null` in place of the checkpoint (digests rewritten to
+    match) skipped the checkpoint and the proofs and passed. No checkpoint proves nothing."""
+    entries = _entries(small_bundle)
+    manifest = json.loads(entries["manifest.json"])
+    name = manifest["log"]["checkpoint"]
+    entries[name] = b"null"
+    manifest["files"] = {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
+                         for n, d in sorted(entries.items()) if n != "manifest.json"}
+    entries["manifest.json"] = json.dumps(manifest).encode()
+    path = tmp_path / "null-checkpoint.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for entry_name, content in entries.items():
+            archive.writestr(entry_name, content)
+    verdict = _verify(path, None)
+    assert not verdict.ok
+    assert [f.code for f in verdict.failures] == ["checkpoint_malformed"]
+
+
+@pytest.mark.parametrize("content", [b"null", b"[]", b"{}", b"0", b""])
+def test_every_file_emptied_or_nulled_fails_the_bundle(small_bundle: Path, tmp_path: Path,
+                                                       content: bytes) -> None:
+    """Each file of the bundle in turn replaced by an empty or null JSON value (digests rewritten
+    to match): never a passing verdict (the fuzz test above samples this; here every file)."""
+    original = _entries(small_bundle)
+    for name in sorted(set(original) - {"manifest.json"}):
+        entries = dict(original)
+        entries[name] = content
+        manifest = json.loads(entries["manifest.json"])
+        manifest["files"] = {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
+                             for n, d in sorted(entries.items()) if n != "manifest.json"}
+        entries["manifest.json"] = json.dumps(manifest).encode()
+        path = tmp_path / "emptied.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            for entry_name, data in entries.items():
+                archive.writestr(entry_name, data)
+        assert not _verify(path, None).ok, f"{name} replaced by {content!r} passed"
