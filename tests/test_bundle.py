@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -119,12 +120,35 @@ def _tamper(built: Built, tmp_path: Path, change: Callable[[dict[str, bytes]], N
     manifest's SHA-256 of every file (the manifest is not signed), so only the deeper checks are left."""
     entries = _entries(built.bundle)
     change(entries)
+    return _write_bundle(entries, tmp_path / "tampered.zip", fix_manifest=fix_manifest)
+
+
+@contextlib.asynccontextmanager
+async def _logged_ledger(path: Path, plant: DemoCollector, blocks: list[VerifiedBlock], *,
+                         signing_key: nacl.signing.SigningKey | None = None
+                         ) -> AsyncIterator[tuple[SqliteLedger, TransparencyLog]]:
+    """A SQLite ledger holding the plant's `blocks`, with its transparency log started; closed
+    afterwards."""
+    ledger = SqliteLedger(path=path)
+    try:
+        await ledger.enroll(plant.key)
+        await _store(ledger, plant.collector_id, blocks)
+        log = TransparencyLog(ledger=ledger, origin=ORIGIN,
+                              signing_key=signing_key or nacl.signing.SigningKey.generate())
+        await log.start()
+        yield ledger, log
+    finally:
+        await ledger.close()
+
+
+def _write_bundle(entries: dict[str, bytes], path: Path, *, fix_manifest: bool = True) -> Path:
+    """A zip of `entries`; with `fix_manifest`, the manifest's SHA-256 and size of every file
+    rewritten to match them (what a forger does: the manifest is not signed)."""
     if fix_manifest:
         manifest = json.loads(entries["manifest.json"])
         manifest["files"] = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                              for name, data in sorted(entries.items()) if name != "manifest.json"}
-        entries["manifest.json"] = json.dumps(manifest, indent=2).encode()
-    path = tmp_path / "tampered.zip"
+        entries = {**entries, "manifest.json": json.dumps(manifest, indent=2).encode()}
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in entries.items():
             archive.writestr(name, data)
@@ -474,19 +498,11 @@ def test_the_configuration_is_found_far_before_the_period(tmp_path: Path) -> Non
     streamed: list[tuple[dict[str, Any], int]] = []
 
     async def build() -> None:
-        ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
-        try:
-            await ledger.enroll(plant.key)
-            await _store(ledger, COLLECTOR, blocks)
-            log = TransparencyLog(ledger=ledger, origin=ORIGIN,
-                                  signing_key=nacl.signing.SigningKey.generate())
-            await log.start()
+        async with _logged_ledger(tmp_path / "ledger.sqlite", plant, blocks) as (ledger, log):
             source = _CountingSource(ledger=ledger, log=log, gateway_id="gw-1")
             await export_bundle(source, unit_id="unit-1", plant_id="demo-plant", start=DAY,
                                 end=NEXT_DAY, out=out, progress=messages.append)
             streamed.extend(source.streamed)
-        finally:
-            await ledger.close()
 
     asyncio.run(build())
     assert f"collector {COLLECTOR}: looking for its configuration before block {first:,}" in messages
@@ -509,18 +525,10 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = directory / "small.zip"
 
     async def build() -> None:
-        ledger = SqliteLedger(path=directory / "ledger.sqlite")
-        try:
-            await ledger.enroll(plant.key)
-            await _store(ledger, COLLECTOR, plant.chain(12))
-            log = TransparencyLog(ledger=ledger, origin=ORIGIN,
-                                  signing_key=nacl.signing.SigningKey.generate())
-            await log.start()
+        async with _logged_ledger(directory / "ledger.sqlite", plant, plant.chain(12)) as (ledger, log):
             # BASE_MS is 2023-11-15 06:13 in the demo plant's Asia/Shanghai
             await export_bundle(LedgerSource(ledger=ledger, log=log, gateway_id="gw-1"), unit_id="unit-1",
                                 start=date(2023, 11, 15), end=date(2023, 11, 16), out=out)
-        finally:
-            await ledger.close()
     asyncio.run(build())
     assert _verify(out, None).ok
     return out
@@ -545,16 +553,8 @@ def test_any_damaged_file_gives_a_failing_verdict_never_a_crash(small_bundle: Pa
     ))
     if replacement.rstrip() == entries[name].rstrip() and name != "report/report.json":
         return  # trailing whitespace of a JSON, ndjson or YAML file changes nothing it says
-    path = tmp_path / "fuzzed.zip"  # rewritten by every example
     entries[name] = replacement
-    manifest = json.loads(entries["manifest.json"])
-    manifest["files"] = {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
-                         for n, d in sorted(entries.items()) if n != "manifest.json"}
-    entries["manifest.json"] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for entry_name, content in entries.items():
-            archive.writestr(entry_name, content)
-    verdict = _verify(path, None)
+    verdict = _verify(_write_bundle(entries, tmp_path / "fuzzed.zip"), None)  # every example
     assert not verdict.ok, name
     assert all(f.code in FAILURE_CODES for f in verdict.failures)
 
@@ -752,19 +752,11 @@ def test_the_exporter_names_no_file_after_a_path_the_gateway_sends(
     out.parent.mkdir()
 
     async def export() -> None:
-        ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
-        try:
-            await ledger.enroll(plant.key)
-            await _store(ledger, COLLECTOR, plant.chain(4))
-            log = TransparencyLog(ledger=ledger, origin=ORIGIN,
-                                  signing_key=nacl.signing.SigningKey.generate())
-            await log.start()
+        async with _logged_ledger(tmp_path / "ledger.sqlite", plant, plant.chain(4)) as (ledger, log):
             source = _RenamingSource(ledger=ledger, log=log, collector=collector,
                                      methodology=methodology)
             await export_bundle(source, unit_id="unit-1", start=date(2023, 11, 15),
                                 end=date(2023, 11, 16), out=out)
-        finally:
-            await ledger.close()
     with pytest.raises(ExportError, match=f"the gateway named a {named} .*not an identifier"):
         asyncio.run(export())
     assert os.listdir(out.parent) == []
@@ -781,21 +773,13 @@ def test_an_export_right_after_a_checkpoint_waits_for_one_that_holds_its_blocks(
     messages: list[str] = []
 
     async def export() -> int:
-        ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
-        try:
-            await ledger.enroll(plant.key)
-            log = TransparencyLog(ledger=ledger, origin=ORIGIN,
-                                  signing_key=nacl.signing.SigningKey.generate())
-            await log.start()
-            await _store(ledger, COLLECTOR, chain[:10])
+        async with _logged_ledger(tmp_path / "ledger.sqlite", plant, chain[:10]) as (ledger, log):
             await log.publish()  # the log's own checkpoint, of 10 blocks, a moment ago
             await _store(ledger, COLLECTOR, chain[10:])
             summary = await export_bundle(LedgerSource(ledger=ledger, log=log, gateway_id="gw-1"),
                                           unit_id="unit-1", start=date(2023, 11, 15),
                                           end=date(2023, 11, 16), out=out, progress=messages.append)
             return summary.tree_size
-        finally:
-            await ledger.close()
     assert asyncio.run(export()) == len(chain)
     assert any("(tree size 10) does not hold block 16 of collector" in m and "asking again" in m
                for m in messages), messages
@@ -807,17 +791,8 @@ def test_a_checkpoint_file_holding_null_fails_the_bundle(small_bundle: Path, tmp
     """Found by the fuzz test above: `null` in place of the checkpoint (digests rewritten to
     match) skipped the checkpoint and the proofs and passed. No checkpoint proves nothing."""
     entries = _entries(small_bundle)
-    manifest = json.loads(entries["manifest.json"])
-    name = manifest["log"]["checkpoint"]
-    entries[name] = b"null"
-    manifest["files"] = {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
-                         for n, d in sorted(entries.items()) if n != "manifest.json"}
-    entries["manifest.json"] = json.dumps(manifest).encode()
-    path = tmp_path / "null-checkpoint.zip"
-    with zipfile.ZipFile(path, "w") as archive:
-        for entry_name, content in entries.items():
-            archive.writestr(entry_name, content)
-    verdict = _verify(path, None)
+    entries[json.loads(entries["manifest.json"])["log"]["checkpoint"]] = b"null"
+    verdict = _verify(_write_bundle(entries, tmp_path / "null-checkpoint.zip"), None)
     assert not verdict.ok
     assert [f.code for f in verdict.failures] == ["checkpoint_malformed"]
 
@@ -829,14 +804,5 @@ def test_every_file_emptied_or_nulled_fails_the_bundle(small_bundle: Path, tmp_p
     to match): never a passing verdict (the fuzz test above samples this; here every file)."""
     original = _entries(small_bundle)
     for name in sorted(set(original) - {"manifest.json"}):
-        entries = dict(original)
-        entries[name] = content
-        manifest = json.loads(entries["manifest.json"])
-        manifest["files"] = {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
-                             for n, d in sorted(entries.items()) if n != "manifest.json"}
-        entries["manifest.json"] = json.dumps(manifest).encode()
-        path = tmp_path / "emptied.zip"
-        with zipfile.ZipFile(path, "w") as archive:
-            for entry_name, data in entries.items():
-                archive.writestr(entry_name, data)
+        path = _write_bundle({**original, name: content}, tmp_path / "emptied.zip")
         assert not _verify(path, None).ok, f"{name} replaced by {content!r} passed"
