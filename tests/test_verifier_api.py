@@ -540,20 +540,26 @@ async def test_unknown_paths_methods_and_things(gateway: Gateway) -> None:
 
 
 async def test_one_connection_serves_several_requests(gateway: Gateway) -> None:
-    def two() -> list[int]:
-        connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=TIMEOUT_S)
-        try:
-            statuses = []
-            for path in ("/v1/log", "/v1/collectors/demo-plant-c1/blocks", "/v1/nothing",
-                         "/v1/collectors"):
-                connection.request("GET", path, headers={"Authorization": f"Bearer {TOKEN_A}"})
-                response = connection.getresponse()
-                response.read()
-                statuses.append(response.status)
-            return statuses
-        finally:
-            connection.close()
-    assert await asyncio.to_thread(two) == [200, 200, 404, 200]
+    paths = ["/v1/log", "/v1/collectors/demo-plant-c1/blocks", "/v1/nothing", "/v1/collectors"]
+    assert await asyncio.to_thread(_statuses_on_one_connection, gateway.http_port,
+                                   [(path, 0.0) for path in paths]) == [200, 200, 404, 200]
+
+
+def _statuses_on_one_connection(port: int, requests: list[tuple[str, float]]) -> list[int]:
+    """GET each path (after a pause of its seconds) on one kept-alive connection, with token A;
+    the statuses."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
+    try:
+        statuses = []
+        for path, pause_s in requests:
+            time.sleep(pause_s)
+            connection.request("GET", path, headers={"Authorization": f"Bearer {TOKEN_A}"})
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+        return statuses
+    finally:
+        connection.close()
 
 
 async def test_an_http_1_0_client_gets_the_stream_without_chunks(gateway: Gateway) -> None:
@@ -1311,21 +1317,10 @@ async def test_a_connection_must_authenticate_within_seconds(
                                    b"GET /v1/log HTTP/1.1\r\nHost:") == b""  # half a head
     assert time.monotonic() - started < 4.0
 
-    def authenticated_then_idle() -> list[int]:
-        # once a request authenticated, the connection waits for the next as long as before
-        connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=TIMEOUT_S)
-        try:
-            statuses = []
-            for pause_s in (0.0, 0.6):
-                time.sleep(pause_s)  # past the first request's deadline: not a synchronisation
-                connection.request("GET", "/v1/log", headers={"Authorization": f"Bearer {TOKEN_A}"})
-                response = connection.getresponse()
-                response.read()
-                statuses.append(response.status)
-            return statuses
-        finally:
-            connection.close()
-    assert await asyncio.to_thread(authenticated_then_idle) == [200, 200]
+    # once a request authenticated, the connection waits for the next as long as before: the
+    # pause runs past the first request's deadline (not a synchronisation)
+    assert await asyncio.to_thread(_statuses_on_one_connection, gateway.http_port,
+                                   [("/v1/log", 0.0), ("/v1/log", 0.6)]) == [200, 200]
 
 
 async def test_one_address_cannot_take_every_connection(gateway: Gateway) -> None:
