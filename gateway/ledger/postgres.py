@@ -32,6 +32,7 @@ puts the ledger in its own schema.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from gateway.ledger.base import (
     VerifiedBlock,
 )
 from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
+from gateway.ledger.paging import keyset_pages
 from gateway.ledger.placement import (
     SIGNED_EVIDENCE_REASONS,
     budget_quarantine,
@@ -548,26 +550,22 @@ class PostgresLedger:
     async def iter_blocks(self, collector_id: str | None = None) -> AsyncIterator[StoredRow]:
         """Every stored block, by collector and sequence, a page at a time (keyset pagination,
         no connection held between pages)."""
-        after: tuple[str, int] = ("", -1)
-        while True:
-            async def page(conn: Any, after: tuple[str, int] = after) -> list[StoredRow]:
-                if collector_id is None:
-                    rows = await conn.fetch(
-                        "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
-                        "key_id FROM blocks WHERE (collector_id, sequence) > ($1, $2) "
-                        "ORDER BY collector_id, sequence LIMIT $3", *after, PAGE_ROWS)
-                else:
-                    rows = await conn.fetch(
-                        "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
-                        "key_id FROM blocks WHERE collector_id = $1 AND sequence > $2 "
-                        "ORDER BY sequence LIMIT $3", collector_id, after[1], PAGE_ROWS)
-                return [StoredRow.from_row(r) for r in rows]
-            rows = await self._run(page)
-            for row in rows:
-                yield row
-            if len(rows) < PAGE_ROWS:
-                return
-            after = (rows[-1].collector_id, rows[-1].sequence)
+        async def page(conn: Any, after: tuple[str, int]) -> list[StoredRow]:
+            if collector_id is None:
+                rows = await conn.fetch(
+                    "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
+                    "key_id FROM blocks WHERE (collector_id, sequence) > ($1, $2) "
+                    "ORDER BY collector_id, sequence LIMIT $3", *after, PAGE_ROWS)
+            else:
+                rows = await conn.fetch(
+                    "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
+                    "key_id FROM blocks WHERE collector_id = $1 AND sequence > $2 "
+                    "ORDER BY sequence LIMIT $3", collector_id, after[1], PAGE_ROWS)
+            return [StoredRow.from_row(r) for r in rows]
+        async for row in keyset_pages(
+                lambda after: self._run(functools.partial(page, after=after)),
+                start=("", -1), key=lambda row: (row.collector_id, row.sequence), limit=PAGE_ROWS):
+            yield row
 
     async def summary(self) -> LedgerSummary:
         """Totals from the chain heads (cheap: no scan of the blocks)."""
@@ -767,38 +765,30 @@ class PostgresLedger:
 
     async def iter_log_leaves(self) -> AsyncIterator[tuple[int, str, int, bytes]]:
         """Every leaf in log order with its block's payload, a page at a time."""
-        after = -1
-        while True:
-            async def page(conn: Any, after: int = after) -> list[tuple[int, str, int, bytes]]:
-                rows = await conn.fetch(
-                    "SELECT l.leaf_index, l.collector_id, l.sequence, b.payload FROM log_leaves l "
-                    "LEFT JOIN blocks b ON b.collector_id = l.collector_id AND b.sequence = "
-                    "l.sequence WHERE l.leaf_index > $1 ORDER BY l.leaf_index LIMIT $2",
-                    after, PAGE_ROWS)
-                return [(int(r[0]), str(r[1]), int(r[2]), b"" if r[3] is None else bytes(r[3]))
-                        for r in rows]
-            rows = await self._run(page)
-            for row in rows:
-                yield row
-            if len(rows) < PAGE_ROWS:
-                return
-            after = rows[-1][0]
+        async def page(conn: Any, after: int) -> list[tuple[int, str, int, bytes]]:
+            rows = await conn.fetch(
+                "SELECT l.leaf_index, l.collector_id, l.sequence, b.payload FROM log_leaves l "
+                "LEFT JOIN blocks b ON b.collector_id = l.collector_id AND b.sequence = "
+                "l.sequence WHERE l.leaf_index > $1 ORDER BY l.leaf_index LIMIT $2",
+                after, PAGE_ROWS)
+            return [(int(r[0]), str(r[1]), int(r[2]), b"" if r[3] is None else bytes(r[3]))
+                    for r in rows]
+        async for row in keyset_pages(
+                lambda after: self._run(functools.partial(page, after=after)),
+                start=-1, key=lambda row: row[0], limit=PAGE_ROWS):
+            yield row
 
     async def iter_log_nodes(self, level: int) -> AsyncIterator[tuple[int, bytes]]:
         """One level's stored nodes in index order."""
-        after = -1
-        while True:
-            async def page(conn: Any, after: int = after) -> list[tuple[int, bytes]]:
-                rows = await conn.fetch("SELECT idx, hash FROM log_nodes WHERE level = $1 AND "
-                                        "idx > $2 ORDER BY idx LIMIT $3", level, after,
-                                        PAGE_ROWS * 10)
-                return [(int(r[0]), bytes(r[1])) for r in rows]
-            rows = await self._run(page)
-            for row in rows:
-                yield row
-            if len(rows) < PAGE_ROWS * 10:
-                return
-            after = rows[-1][0]
+        async def page(conn: Any, after: int) -> list[tuple[int, bytes]]:
+            rows = await conn.fetch("SELECT idx, hash FROM log_nodes WHERE level = $1 AND "
+                                    "idx > $2 ORDER BY idx LIMIT $3", level, after,
+                                    PAGE_ROWS * 10)
+            return [(int(r[0]), bytes(r[1])) for r in rows]
+        async for row in keyset_pages(
+                lambda after: self._run(functools.partial(page, after=after)),
+                start=-1, key=lambda row: row[0], limit=PAGE_ROWS * 10):
+            yield row
 
     async def log_unqueued_blocks(self) -> list[tuple[str, int]]:
         """Blocks that are neither leaves of the log nor waiting in its queue (none in a sound

@@ -29,6 +29,7 @@ from gateway.ledger.base import (
     VerifiedBlock,
 )
 from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
+from gateway.ledger.paging import keyset_pages
 from gateway.ledger.placement import SIGNED_EVIDENCE_REASONS, budget_quarantine, plan_append
 from gateway.ledger.selection import BlockSelection, selection_query
 from gateway.translog.merkle import AsyncMerkleTree, MerkleTree, NodeId, NodeWrite, leaf_hash
@@ -431,26 +432,22 @@ class SqliteLedger:
 
     async def iter_blocks(self, collector_id: str | None = None) -> AsyncIterator[StoredRow]:
         """Every stored block, by collector and sequence, a page at a time."""
-        after: tuple[str, int] = ("", -1)
-        while True:
-            def page(db: sqlite3.Connection, after: tuple[str, int] = after) -> list[StoredRow]:
-                if collector_id is None:
-                    rows = db.execute(
-                        "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
-                        "key_id FROM blocks WHERE (collector_id, sequence) > (?, ?) "
-                        "ORDER BY collector_id, sequence LIMIT ?", (*after, PAGE_ROWS)).fetchall()
-                else:
-                    rows = db.execute(
-                        "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
-                        "key_id FROM blocks WHERE collector_id = ? AND sequence > ? "
-                        "ORDER BY sequence LIMIT ?", (collector_id, after[1], PAGE_ROWS)).fetchall()
-                return [StoredRow.from_row(r) for r in rows]
-            rows = await self._run(page)
-            for row in rows:
-                yield row
-            if len(rows) < PAGE_ROWS:
-                return
-            after = (rows[-1].collector_id, rows[-1].sequence)
+        def page(db: sqlite3.Connection, after: tuple[str, int]) -> list[StoredRow]:
+            if collector_id is None:
+                rows = db.execute(
+                    "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
+                    "key_id FROM blocks WHERE (collector_id, sequence) > (?, ?) "
+                    "ORDER BY collector_id, sequence LIMIT ?", (*after, PAGE_ROWS)).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT entry_index, collector_id, sequence, hash, payload, signature, "
+                    "key_id FROM blocks WHERE collector_id = ? AND sequence > ? "
+                    "ORDER BY sequence LIMIT ?", (collector_id, after[1], PAGE_ROWS)).fetchall()
+            return [StoredRow.from_row(r) for r in rows]
+        async for row in keyset_pages(
+                lambda after: self._run(functools.partial(page, after=after)),
+                start=("", -1), key=lambda row: (row.collector_id, row.sequence), limit=PAGE_ROWS):
+            yield row
 
     async def summary(self) -> LedgerSummary:
         """Totals from the chain heads (cheap: no scan of the blocks)."""
@@ -644,37 +641,29 @@ class SqliteLedger:
 
     async def iter_log_leaves(self) -> AsyncIterator[tuple[int, str, int, bytes]]:
         """Every leaf in log order with its block's payload, a page at a time."""
-        after = -1
-        while True:
-            def page(db: sqlite3.Connection, after: int = after) -> list[tuple[int, str, int, bytes]]:
-                rows = db.execute(
-                    "SELECT l.leaf_index, l.collector_id, l.sequence, b.payload FROM log_leaves l "
-                    "LEFT JOIN blocks b ON b.collector_id = l.collector_id AND b.sequence = "
-                    "l.sequence WHERE l.leaf_index > ? ORDER BY l.leaf_index LIMIT ?",
-                    (after, PAGE_ROWS)).fetchall()
-                return [(int(r[0]), str(r[1]), int(r[2]), b"" if r[3] is None else bytes(r[3]))
-                        for r in rows]
-            rows = await self._run(page)
-            for row in rows:
-                yield row
-            if len(rows) < PAGE_ROWS:
-                return
-            after = rows[-1][0]
+        def page(db: sqlite3.Connection, after: int) -> list[tuple[int, str, int, bytes]]:
+            rows = db.execute(
+                "SELECT l.leaf_index, l.collector_id, l.sequence, b.payload FROM log_leaves l "
+                "LEFT JOIN blocks b ON b.collector_id = l.collector_id AND b.sequence = "
+                "l.sequence WHERE l.leaf_index > ? ORDER BY l.leaf_index LIMIT ?",
+                (after, PAGE_ROWS)).fetchall()
+            return [(int(r[0]), str(r[1]), int(r[2]), b"" if r[3] is None else bytes(r[3]))
+                    for r in rows]
+        async for row in keyset_pages(
+                lambda after: self._run(functools.partial(page, after=after)),
+                start=-1, key=lambda row: row[0], limit=PAGE_ROWS):
+            yield row
 
     async def iter_log_nodes(self, level: int) -> AsyncIterator[tuple[int, bytes]]:
         """One level's stored nodes in index order."""
-        after = -1
-        while True:
-            def page(db: sqlite3.Connection, after: int = after) -> list[tuple[int, bytes]]:
-                rows = db.execute("SELECT idx, hash FROM log_nodes WHERE level = ? AND idx > ? "
-                                  "ORDER BY idx LIMIT ?", (level, after, PAGE_ROWS * 10)).fetchall()
-                return [(int(r[0]), bytes(r[1])) for r in rows]
-            rows = await self._run(page)
-            for row in rows:
-                yield row
-            if len(rows) < PAGE_ROWS * 10:
-                return
-            after = rows[-1][0]
+        def page(db: sqlite3.Connection, after: int) -> list[tuple[int, bytes]]:
+            rows = db.execute("SELECT idx, hash FROM log_nodes WHERE level = ? AND idx > ? "
+                              "ORDER BY idx LIMIT ?", (level, after, PAGE_ROWS * 10)).fetchall()
+            return [(int(r[0]), bytes(r[1])) for r in rows]
+        async for row in keyset_pages(
+                lambda after: self._run(functools.partial(page, after=after)),
+                start=-1, key=lambda row: row[0], limit=PAGE_ROWS * 10):
+            yield row
 
     async def log_unqueued_blocks(self) -> list[tuple[str, int]]:
         """Blocks the log has passed (entry_index at or below its watermark) that are not leaves
