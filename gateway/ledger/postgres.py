@@ -53,6 +53,7 @@ from gateway.ledger.base import (
     VerifiedBlock,
 )
 from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
+from gateway.ledger.nodes import NodeReader
 from gateway.ledger.paging import keyset_pages
 from gateway.ledger.placement import (
     SIGNED_EVIDENCE_REASONS,
@@ -714,9 +715,16 @@ class PostgresLedger:
                 return grown, len(rows)
         return await self._run(work)
 
+    async def _log_size(self) -> int:
+        async def work(conn: Any) -> int:
+            return int(await conn.fetchval("SELECT size FROM log_state WHERE id = 1"))
+        return await self._run(work)
+
     def log_tree(self) -> AsyncMerkleTree:
         """The log's tree, read through the pool."""
-        return AsyncMerkleTree(store=_PostgresNodeReader(self))
+        return AsyncMerkleTree(store=NodeReader(
+            owner=self, size=self._log_size,
+            nodes=lambda wanted: self._run(lambda conn: _get_nodes(conn, wanted))))
 
     async def log_leaf_indexes(self, collector_id: str, first_sequence: int,
                                last_sequence: int) -> dict[int, int]:
@@ -899,24 +907,3 @@ class _PostgresNodes:
         await self._conn.copy_records_to_table("log_nodes", columns=("level", "idx", "hash"),
                                                records=nodes)
         self._size = leaf_count
-
-
-class _PostgresNodeReader:
-    """The log's `AsyncHashStore` for reads, through the ledger's pool."""
-
-    def __init__(self, ledger: PostgresLedger) -> None:
-        self._ledger = ledger
-
-    def __repr__(self) -> str:
-        return f"_PostgresNodeReader({self._ledger!r})"
-
-    async def leaf_count(self) -> int:
-        async def work(conn: Any) -> int:
-            return int(await conn.fetchval("SELECT size FROM log_state WHERE id = 1"))
-        return await self._ledger._run(work)
-
-    async def get(self, nodes: Sequence[NodeId]) -> list[bytes]:
-        return await self._ledger._run(lambda conn: _get_nodes(conn, nodes))
-
-    async def put(self, nodes: Sequence[NodeWrite], *, leaf_count: int) -> None:
-        raise LedgerError("the log is appended through log_integrate, not through its reader")

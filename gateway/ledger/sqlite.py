@@ -29,6 +29,7 @@ from gateway.ledger.base import (
     VerifiedBlock,
 )
 from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
+from gateway.ledger.nodes import NodeReader
 from gateway.ledger.paging import keyset_pages
 from gateway.ledger.placement import SIGNED_EVIDENCE_REASONS, budget_quarantine, plan_append
 from gateway.ledger.selection import BlockSelection, selection_query
@@ -596,7 +597,11 @@ class SqliteLedger:
 
     def log_tree(self) -> AsyncMerkleTree:
         """The log's tree, read through the worker thread."""
-        return AsyncMerkleTree(store=_SqliteNodeReader(self))
+        return AsyncMerkleTree(store=NodeReader(
+            owner=self,
+            size=lambda: self._run(
+                lambda db: int(db.execute("SELECT size FROM log_state WHERE id = 1").fetchone()[0])),
+            nodes=lambda wanted: self._run(lambda db: _get_nodes(db, wanted))))
 
     async def log_leaf_indexes(self, collector_id: str, first_sequence: int,
                                last_sequence: int) -> dict[int, int]:
@@ -781,23 +786,3 @@ class _SqliteNodes:
         # the primary key refuses a node written twice: a second writer fails, it cannot fork
         self._db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)", nodes)
         self._size = leaf_count
-
-
-class _SqliteNodeReader:
-    """The log's `AsyncHashStore` for reads, through the ledger's worker thread."""
-
-    def __init__(self, ledger: SqliteLedger) -> None:
-        self._ledger = ledger
-
-    def __repr__(self) -> str:
-        return f"_SqliteNodeReader({self._ledger!r})"
-
-    async def leaf_count(self) -> int:
-        return await self._ledger._run(
-            lambda db: int(db.execute("SELECT size FROM log_state WHERE id = 1").fetchone()[0]))
-
-    async def get(self, nodes: Sequence[NodeId]) -> list[bytes]:
-        return await self._ledger._run(lambda db: _get_nodes(db, nodes))
-
-    async def put(self, nodes: Sequence[NodeWrite], *, leaf_count: int) -> None:
-        raise LedgerError("the log is appended through log_integrate, not through its reader")
