@@ -27,9 +27,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import nacl.signing
 import yaml
@@ -100,7 +100,7 @@ def emit(document: dict[str, Any]) -> int:
 # bench/drain.py): chains of signed blocks as a collector seals them, a gateway process, a broker,
 # a throwaway PostgreSQL database, and the resources of a process from the OS
 
-__all__ += ["rate"]
+__all__ += ["LEDGER_CHOICES", "IngestMeasure", "each_ledger", "ingest_figures", "rate"]
 __all__ += ["BLOCK_BASE_UNIX_MS", "POSTGRES_ADMIN_URL", "Backlog", "check_ledger", "config_draft",
             "enroll_backlogs", "log_tail", "pack_backlog", "peak_rss_mib", "postgres_cpu_seconds",
             "presign", "public_key_of", "readings_draft", "self_cpu_seconds",
@@ -380,3 +380,55 @@ def machine_busy_seconds() -> float:
 def rate(count: int, seconds: float) -> int | None:
     """A rate; None when the time is too short for the clock (10 ms ticks) to have seen it."""
     return round(count / seconds) if seconds > 0 else None
+
+
+class IngestMeasure(Protocol):
+    """What an ingest scenario measured around the gateway (ingest-grpc, ingest-mqtt)."""
+
+    wall_s: float
+    gateway_cpu_s: float
+    gateway_cpu_with_log_s: float
+    log_catch_up_s: float
+    load_cpu_s: float
+    postgres_cpu_s: float | None
+    gateway_peak_rss_mib: float
+    others_cpu_s: float
+
+
+def ingest_figures(measured: IngestMeasure, *, blocks: int, readings: int,
+                   extra: dict[str, Any], chains_verified: bool) -> dict[str, Any]:
+    """The figures every ingest scenario reports, with its own `extra` ones."""
+    return {
+        "readings_per_cpu_s": rate(readings, measured.gateway_cpu_s),
+        "readings_per_s": rate(readings, measured.wall_s),
+        "readings_per_cpu_s_with_log": rate(readings, measured.gateway_cpu_with_log_s),
+        "blocks": blocks,
+        "readings": readings,
+        "wall_s": round(measured.wall_s, 2),
+        "gateway_cpu_s": round(measured.gateway_cpu_s, 2),
+        "gateway_cpu_with_log_s": round(measured.gateway_cpu_with_log_s, 2),
+        "log_catch_up_s": round(measured.log_catch_up_s, 2),
+        "gateway_cpu_us_per_block": round(measured.gateway_cpu_s / blocks * 1e6, 1),
+        "load_generator_cpu_s": round(measured.load_cpu_s, 2),
+        "postgres_server_cpu_s": (None if measured.postgres_cpu_s is None
+                                  else round(measured.postgres_cpu_s, 2)),
+        **extra,
+        "gateway_peak_rss_mib": round(measured.gateway_peak_rss_mib, 1),
+        # on a shared machine, what else ran meanwhile (readings_per_s is only as good as this)
+        "other_processes_cpu_s": round(max(0.0, measured.others_cpu_s), 2),
+        "chains_verified": chains_verified,
+    }
+
+
+LEDGER_CHOICES = ("sqlite", "postgresql", "both")
+
+
+async def each_ledger(choice: str, scenario: str,
+                      run_one: Callable[[str], Awaitable[dict[str, Any]]]) -> int:
+    """Run a scenario against the chosen ledger(s) (`both`: SQLite, then PostgreSQL), emitting
+    each result; the exit status."""
+    status = 0
+    for ledger_kind in (["sqlite", "postgresql"] if choice == "both" else [choice]):
+        print(f"{scenario} into {ledger_kind}:", file=sys.stderr)
+        status |= emit(await run_one(ledger_kind))
+    return status

@@ -37,18 +37,19 @@ from typing import Any
 import grpc
 import grpc.aio
 from common import (
+    LEDGER_CHOICES,
     Backlog,
     check_ledger,
     cpu_seconds,
-    emit,
+    each_ledger,
     enroll_backlogs,
     free_port,
+    ingest_figures,
     log_tail,
     machine_busy_seconds,
     peak_rss_mib,
     postgres_cpu_seconds,
     presign,
-    rate,
     result,
     self_cpu_seconds,
     spawn_gateway,
@@ -231,40 +232,21 @@ async def _measure(args: argparse.Namespace, location: str, tmp: Path, backlogs:
     report, failure = await check_ledger(location, {b.collector_id: b.blocks for b in backlogs},
                                          args.readings)
     readings = report.total("readings")
-    return result(SCENARIO, parameters, {
-        "readings_per_cpu_s": rate(readings, measured.gateway_cpu_s),
-        "readings_per_s": rate(readings, measured.wall_s),
-        "readings_per_cpu_s_with_log": rate(readings, measured.gateway_cpu_with_log_s),
-        "blocks": total,
-        "readings": readings,
-        "wall_s": round(measured.wall_s, 2),
-        "gateway_cpu_s": round(measured.gateway_cpu_s, 2),
-        "gateway_cpu_with_log_s": round(measured.gateway_cpu_with_log_s, 2),
-        "log_catch_up_s": round(measured.log_catch_up_s, 2),
-        "gateway_cpu_us_per_block": round(measured.gateway_cpu_s / total * 1e6, 1),
-        "load_generator_cpu_s": round(measured.load_cpu_s, 2),
-        "postgres_server_cpu_s": (None if measured.postgres_cpu_s is None
-                                  else round(measured.postgres_cpu_s, 2)),
-        "postgres_server_cpu_with_log_s": (None if measured.postgres_cpu_with_log_s is None
-                                           else round(measured.postgres_cpu_with_log_s, 2)),
-        "gateway_peak_rss_mib": round(measured.gateway_peak_rss_mib, 1),
-        # on a shared machine, what else ran meanwhile (readings_per_s is only as good as this)
-        "other_processes_cpu_s": round(max(0.0, measured.others_cpu_s), 2),
-        "chains_verified": report.ok,
-    }, failure)
+    return result(SCENARIO, parameters, ingest_figures(
+        measured, blocks=total, readings=readings, chains_verified=report.ok,
+        extra={"postgres_server_cpu_with_log_s": (
+            None if measured.postgres_cpu_with_log_s is None
+            else round(measured.postgres_cpu_with_log_s, 2))}), failure)
 
 
 async def run(args: argparse.Namespace, backlogs: list[Backlog]) -> int:
-    status = 0
-    for ledger_kind in (["sqlite", "postgresql"] if args.ledger == "both" else [args.ledger]):
-        print(f"ingest-grpc into {ledger_kind}:", file=sys.stderr)
-        status |= emit(await run_one(args, ledger_kind, backlogs))
-    return status
+    return await each_ledger(args.ledger, SCENARIO,
+                             lambda ledger_kind: run_one(args, ledger_kind, backlogs))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ledger", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--ledger", choices=LEDGER_CHOICES, default="both")
     parser.add_argument("--collectors", type=int, default=100)
     parser.add_argument("--blocks", type=int, default=1000,
                         help="blocks per collector (the first one its configuration)")
