@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -100,7 +101,7 @@ def emit(document: dict[str, Any]) -> int:
 # bench/drain.py): chains of signed blocks as a collector seals them, a gateway process, a broker,
 # a throwaway PostgreSQL database, and the resources of a process from the OS
 
-__all__ += ["LEDGER_CHOICES", "IngestMeasure", "each_ledger", "ingest_figures", "rate"]
+__all__ += ["LEDGER_CHOICES", "IngestMeasure", "each_ledger", "in_ledger", "ingest_figures", "rate"]
 __all__ += ["BLOCK_BASE_UNIX_MS", "POSTGRES_ADMIN_URL", "Backlog", "check_ledger", "config_draft",
             "enroll_backlogs", "log_tail", "pack_backlog", "peak_rss_mib", "postgres_cpu_seconds",
             "presign", "public_key_of", "readings_draft", "self_cpu_seconds",
@@ -432,3 +433,17 @@ async def each_ledger(choice: str, scenario: str,
         print(f"{scenario} into {ledger_kind}:", file=sys.stderr)
         status |= emit(await run_one(ledger_kind))
     return status
+
+
+async def in_ledger(kind: str, *, prefix: str, database: str,
+                    measure: Callable[[str, Path], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """`measure(location, folder)` against a fresh ledger of `kind` ("sqlite": a file in a
+    temporary folder; "postgresql": a throwaway database), cleaned up afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        if kind == "postgresql":
+            async with throwaway_database(database) as url:
+                return await measure(url, folder)
+        return await measure(str(folder / "ledger.sqlite"), folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

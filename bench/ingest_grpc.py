@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +42,7 @@ from common import (
     each_ledger,
     enroll_backlogs,
     free_port,
+    in_ledger,
     ingest_figures,
     log_tail,
     machine_busy_seconds,
@@ -54,7 +53,6 @@ from common import (
     self_cpu_seconds,
     spawn_gateway,
     stop,
-    throwaway_database,
     wait_for_log,
     wait_for_port,
 )
@@ -181,18 +179,13 @@ async def load(port: int, backlogs: list[Backlog], channels: int, in_flight: int
 async def run_one(args: argparse.Namespace, ledger_kind: str, backlogs: list[Backlog]
                   ) -> dict[str, Any]:
     """One ledger: enrol, start the gateway, send, wait for the log, check."""
-    tmp = Path(tempfile.mkdtemp(prefix="stackline-ingest-grpc-"))
     parameters = {"ledger": ledger_kind, "collectors": args.collectors,
                   "blocks_per_collector": args.blocks, "readings_per_block": args.readings,
                   "blocks_per_batch": args.batch, "batches_in_flight": args.in_flight,
                   "channels": args.channels}
-    try:
-        if ledger_kind == "postgresql":
-            async with throwaway_database("stackline_bench_ingest") as url:
-                return await _measure(args, url, tmp, backlogs, parameters)
-        return await _measure(args, str(tmp / "ledger.sqlite"), tmp, backlogs, parameters)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return await in_ledger(
+        ledger_kind, prefix="stackline-ingest-grpc-", database="stackline_bench_ingest",
+        measure=lambda location, tmp: _measure(args, location, tmp, backlogs, parameters))
 
 
 async def _measure(args: argparse.Namespace, location: str, tmp: Path, backlogs: list[Backlog],

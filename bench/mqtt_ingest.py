@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from common import (
     cpu_seconds,
     each_ledger,
     enroll_backlogs,
+    in_ledger,
     ingest_figures,
     log_tail,
     machine_busy_seconds,
@@ -52,7 +51,6 @@ from common import (
     spawn_gateway,
     start_mosquitto,
     stop,
-    throwaway_database,
     wait_for_log,
 )
 
@@ -205,18 +203,13 @@ async def load(port: int, backlogs: list[Backlog], args: argparse.Namespace, gat
 async def run_one(args: argparse.Namespace, ledger_kind: str, backlogs: list[Backlog]
                   ) -> dict[str, Any]:
     """One ledger: enrol, start the broker and the gateways, send, wait for the log, check."""
-    tmp = Path(tempfile.mkdtemp(prefix="stackline-ingest-mqtt-"))
     parameters = {"ledger": ledger_kind, "gateways": args.gateways, "collectors": args.collectors,
                   "blocks_per_collector": args.blocks, "readings_per_block": args.readings,
                   "blocks_per_message": args.batch, "messages_in_flight_per_collector": 1,
                   "connections": args.connections}
-    try:
-        if ledger_kind == "postgresql":
-            async with throwaway_database("stackline_bench_mqtt") as url:
-                return await _measure(args, url, tmp, backlogs, parameters)
-        return await _measure(args, str(tmp / "ledger.sqlite"), tmp, backlogs, parameters)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return await in_ledger(
+        ledger_kind, prefix="stackline-ingest-mqtt-", database="stackline_bench_mqtt",
+        measure=lambda location, tmp: _measure(args, location, tmp, backlogs, parameters))
 
 
 async def _measure(args: argparse.Namespace, location: str, tmp: Path, backlogs: list[Backlog],

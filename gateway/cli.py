@@ -57,12 +57,7 @@ def add_commands(commands: Any) -> None:
         "report", help="a unit's compliance accounting for a period, from a ledger (json, csv, html)")
     report.add_argument("--ledger", required=True,
                         help="SQLite ledger file, or postgresql://user@host:port/database")
-    report.add_argument("--unit", required=True, help="the accounting unit id (plant configuration)")
-    report.add_argument("--plant", help="the plant id, when several plants have a unit of that id")
-    report.add_argument("--from", dest="start", required=True, type=_date,
-                        help="first local day, YYYY-MM-DD")
-    report.add_argument("--to", dest="end", required=True, type=_date,
-                        help="the local day after the last one, YYYY-MM-DD")
+    _add_unit_period(report)
     report.add_argument("--format", choices=("json", "csv", "html"), default="json")
     report.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
     report.add_argument("--gateway-id", default=None,
@@ -86,6 +81,16 @@ def add_commands(commands: Any) -> None:
     demo.set_defaults(handler=_demo)
 
 
+def _add_unit_period(parser: argparse.ArgumentParser) -> None:
+    """--unit, --plant, --from and --to: one accounting unit over local days [from, to)."""
+    parser.add_argument("--unit", required=True, help="the accounting unit id (plant configuration)")
+    parser.add_argument("--plant", help="the plant id, when several plants have a unit of that id")
+    parser.add_argument("--from", dest="start", required=True, type=_date,
+                        help="first local day, YYYY-MM-DD")
+    parser.add_argument("--to", dest="end", required=True, type=_date,
+                        help="the local day after the last one, YYYY-MM-DD")
+
+
 def _add_export(commands: Any) -> None:
     export = commands.add_parser(
         "export", help="write a unit's evidence bundle for a period from a gateway's verifier API")
@@ -93,12 +98,7 @@ def _add_export(commands: Any) -> None:
                         help="the gateway's verifier API, e.g. https://gateway.example.org:9443")
     export.add_argument("--token-file", type=Path,
                         help="file holding the bearer token (default: $STACKLINE_TOKEN)")
-    export.add_argument("--unit", required=True, help="the accounting unit id")
-    export.add_argument("--plant", help="the plant id (default: the one plant with that unit)")
-    export.add_argument("--from", dest="start", required=True, type=_date,
-                        help="first local day, YYYY-MM-DD")
-    export.add_argument("--to", dest="end", required=True, type=_date,
-                        help="the local day after the last one, YYYY-MM-DD")
+    _add_unit_period(export)
     export.add_argument("-o", "--output", required=True, type=Path, help="the bundle (.zip) to write")
     export.set_defaults(handler=_export)
 
