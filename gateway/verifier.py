@@ -8,21 +8,20 @@ payload bytes, links are checked against the recomputed hashes).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
-import os
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
 
 from gateway.errors import LedgerError
 from gateway.ledger.base import CollectorKey, CollectorOverview, Ledger, StoredRow
+from gateway.signature_checks import RowCheck, RowChecker, RowToCheck, check_rows, verifiers_of
 from gateway.translog.audit import LogAudit, audit_log
-from proto.errors import UnacceptableKeyError, VerificationError
+from proto.errors import VerificationError
 from proto.stackline.v1 import stackline_pb2 as pb
-from proto.wire import GENESIS_HASH, Verifier, decode_block
+from proto.wire import GENESIS_HASH, decode_block
 
 __all__ = ["ChainAudit", "CollectorAudit", "Finding", "VerifyReport", "render_text", "verify_ledger"]
 
@@ -120,12 +119,9 @@ class ChainAudit:
 
     def __init__(self, *, keys: dict[str, CollectorKey]) -> None:
         self.report = VerifyReport()
-        self._verifiers: dict[tuple[str, str], Verifier | None] = {}
-        for key in keys.values():
-            try:
-                self._verifiers[(key.collector_id, key.key_id)] = Verifier(public_key=key.public_key)
-            except UnacceptableKeyError:
-                self._verifiers[(key.collector_id, key.key_id)] = None
+        self.keys: dict[tuple[str, str], bytes] = {
+            (key.collector_id, key.key_id): key.public_key for key in keys.values()}
+        self._verifiers = verifiers_of(self.keys)
         self._collector = ""
         self._expected = 1
         self._previous_hash = GENESIS_HASH
@@ -137,27 +133,9 @@ class ChainAudit:
     def _find(self, row: StoredRow, problem: str, detail: str) -> None:
         self.report.findings.append(Finding(row.collector_id, row.sequence, problem, detail))
 
-    def signature_problems(self, rows: Sequence[StoredRow]) -> list[str | None]:
-        """Per row, why its signature fails (None when it holds). Pure and thread-safe, so that
-        signatures can be checked on other cores while `feed` walks the chains."""
-        problems: list[str | None] = []
-        for row in rows:
-            verifier = self._verifiers.get((row.collector_id, row.key_id))
-            if verifier is None:
-                problems.append(f"key {row.key_id} is not an enrolled key of {row.collector_id}")
-                continue
-            try:
-                verifier.verify(row.payload, row.signature)
-            except VerificationError as exc:
-                problems.append(exc.detail)
-            else:
-                problems.append(None)
-        return problems
-
-    def feed(self, row: StoredRow, *, signature_problem: str | Unchecked | None = UNCHECKED
-             ) -> None:
-        """Check one stored block against its key and the block before it (its signature too,
-        unless `signature_problem` brings the verdict of `signature_problems`)."""
+    def feed(self, row: StoredRow, *, checked: RowCheck | Unchecked = UNCHECKED) -> None:
+        """Check one stored block against its key and the block before it (its signature and
+        hash too, unless `checked` brings what `check_rows` found of it)."""
         if row.collector_id != self._collector:
             self._collector = row.collector_id
             self._expected = 1
@@ -168,9 +146,9 @@ class ChainAudit:
         if audit.first_sequence == 0:
             audit.first_sequence = row.sequence
         audit.last_sequence = row.sequence
-        actual_hash = hashlib.sha256(row.payload).digest()
-        if isinstance(signature_problem, Unchecked):
-            signature_problem = self.signature_problems([row])[0]
+        if isinstance(checked, Unchecked):
+            checked = check_rows(self._verifiers, [_to_check(row)])[0]
+        signature_problem, actual_hash = checked.signature_problem, checked.payload_hash
         signature_ok = signature_problem is None
         if signature_problem is not None:
             audit.bad_signatures += 1
@@ -235,50 +213,60 @@ class ChainAudit:
 
 
 async def verify_ledger(ledger: Ledger, *, collector_id: str | None = None) -> VerifyReport:
-    """Audit every chain in the ledger (or one collector's)."""
+    """Audit every chain in the ledger (or one collector's), and with the whole ledger its
+    transparency log, the two at once: the chain walk waits on the signature workers and the
+    log audit on the ledger, so each fills the other's idle time."""
     audit = ChainAudit(keys=await ledger.collector_keys())
-    await _feed_checking_signatures_aside(audit, ledger.iter_blocks(collector_id))
+    chains = _feed_checking_signatures_aside(audit, ledger.iter_blocks(collector_id))
+    if collector_id is None:
+        _, audit.report.log = await asyncio.gather(chains, _audit_log_if_any(ledger, audit.report))
+    else:
+        await chains
     overview = await ledger.collectors_overview()
     if collector_id is not None:
         overview = {k: v for k, v in overview.items() if k == collector_id}
     audit.check_heads(overview)
     counts = await ledger.quarantine_counts()
     audit.report.quarantined = sum(counts.values())
-    if collector_id is None:
-        try:
-            audit.report.log = await audit_log(ledger)
-        except LedgerError as exc:  # a ledger opened read-only from before the log
-            audit.report.warnings.append(Finding("", 0, "no_transparency_log", str(exc)))
     return audit.report
 
 
+async def _audit_log_if_any(ledger: Ledger, report: VerifyReport) -> LogAudit | None:
+    try:
+        return await audit_log(ledger)
+    except LedgerError as exc:  # a ledger opened read-only from before the log
+        report.warnings.append(Finding("", 0, "no_transparency_log", str(exc)))
+        return None
+
+
 async def _feed_checking_signatures_aside(audit: ChainAudit, rows: AsyncIterator[StoredRow]) -> None:
-    """Feed every row in order while the signatures of the next chunks are checked in worker
-    threads (libsodium releases the GIL): Ed25519 is most of the cost, and it uses the other
-    cores this way. At most SIGNATURE_CHUNKS_AHEAD chunks are held in memory."""
-    loop = asyncio.get_running_loop()
-    workers = max(1, (os.cpu_count() or 1) - 1)
-    pending: deque[tuple[list[StoredRow], asyncio.Future[list[str | None]]]] = deque()
+    """Feed every row in order while the signatures and hashes of the next chunks are checked
+    elsewhere (`RowChecker`: Ed25519 is most of the cost, and runs on every core this way). At
+    most SIGNATURE_CHUNKS_AHEAD chunks are held in memory."""
+    pending: deque[tuple[list[StoredRow], asyncio.Future[list[RowCheck]]]] = deque()
 
     async def feed_oldest() -> None:
         chunk, verdicts = pending.popleft()
-        for row, problem in zip(chunk, await verdicts, strict=True):
-            audit.feed(row, signature_problem=problem)
+        for row, checked in zip(chunk, await verdicts, strict=True):
+            audit.feed(row, checked=checked)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers,
-                                               thread_name_prefix="verify-signatures") as pool:
+    with RowChecker(audit.keys) as checker:
         chunk: list[StoredRow] = []
         async for row in rows:
             chunk.append(row)
             if len(chunk) == SIGNATURE_CHUNK:
-                pending.append((chunk, loop.run_in_executor(pool, audit.signature_problems, chunk)))
+                pending.append((chunk, checker.submit([_to_check(r) for r in chunk])))
                 chunk = []
                 if len(pending) > SIGNATURE_CHUNKS_AHEAD:
                     await feed_oldest()
         if chunk:
-            pending.append((chunk, loop.run_in_executor(pool, audit.signature_problems, chunk)))
+            pending.append((chunk, checker.submit([_to_check(r) for r in chunk])))
         while pending:
             await feed_oldest()
+
+
+def _to_check(row: StoredRow) -> RowToCheck:
+    return row.collector_id, row.key_id, row.payload, row.signature
 
 
 def render_text(report: VerifyReport, *, max_findings: int = 50) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
+import gateway.signature_checks
 from gateway.ingest import IngestCore
 from gateway.ledger import SqliteLedger
 from gateway.ledger.base import StoredCheckpoint
@@ -210,9 +211,22 @@ def test_a_configuration_block_must_match_its_digest(tmp_path: Path) -> None:
     assert "plant-c-c1 block 1: config_digest_mismatch" in result.stdout
 
 
-async def test_signatures_checked_ahead_in_threads_are_matched_to_their_blocks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["threads", "worker-processes"])
+async def test_signatures_checked_ahead_are_matched_to_their_blocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """More blocks than several signature chunks: a forged block deep in the chain is named by
-    its own sequence, and no other block is blamed."""
+    its own sequence, and no other block is blamed, whether the chunks are checked in a thread
+    (a small ledger) or, after the first, in worker processes (a large one)."""
+    if where == "worker-processes":
+        monkeypatch.setattr(gateway.signature_checks, "PROCESS_POOL_AFTER_ROWS", SIGNATURE_CHUNK)
+    used_processes: list[bool] = []
+    real_close = gateway.signature_checks.RowChecker.close
+
+    def close(checker: gateway.signature_checks.RowChecker) -> None:
+        used_processes.append(checker.uses_processes)
+        real_close(checker)
+
+    monkeypatch.setattr(gateway.signature_checks.RowChecker, "close", close)
     path = tmp_path / "ledger.sqlite"
     ledger = SqliteLedger(path=path)
     plant = DemoCollector()
@@ -232,3 +246,28 @@ async def test_signatures_checked_ahead_in_threads_are_matched_to_their_blocks(t
         await reader.close()
     assert [(f.sequence, f.problem) for f in report.findings] == [(forged, "bad_signature")]
     assert report.collectors[plant.collector_id].blocks == 3 * SIGNATURE_CHUNK + 1
+    assert used_processes == [where == "worker-processes"]
+
+
+async def test_worker_processes_find_what_the_thread_finds() -> None:
+    """The same rows checked in this process and in worker processes: a good block, a forged
+    signature, a short signature, a key the collector never enrolled, a key libsodium refuses."""
+    plant = DemoCollector()
+    chain = plant.chain(3)  # its configuration block and three of readings
+    keys = {(plant.collector_id, plant.key.key_id): plant.key.public_key,
+            ("weak-c1", "weak"): bytes(32)}  # the all-zero point: a key libsodium refuses
+    rows = [(plant.collector_id, plant.key.key_id, block.payload, block.signature)
+            for block in chain]
+    rows[1] = (*rows[1][:3], bytes(64))
+    rows.append((plant.collector_id, plant.key.key_id, chain[2].payload, b"short"))
+    rows.append(("stranger-c1", plant.key.key_id, chain[0].payload, chain[0].signature))
+    rows.append(("weak-c1", "weak", chain[0].payload, chain[0].signature))
+    here = gateway.signature_checks.check_rows(gateway.signature_checks.verifiers_of(keys), rows)
+    with gateway.signature_checks.RowChecker(keys, in_process_rows=0) as checker:
+        elsewhere = await checker.submit(rows)
+        assert checker.uses_processes
+    assert elsewhere == here
+    assert [check.signature_problem is None for check in here] == [True, False, True, True,
+                                                                   False, False, False]
+    assert [check.payload_hash for check in here[:4]] == [
+        hashlib.sha256(block.payload).digest() for block in chain]
