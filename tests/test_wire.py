@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import stat
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,32 @@ def test_decode_block_rejects_malformed_payloads(payload: bytes, why: str) -> No
         decode_block(payload)
     assert caught.value.reason == "malformed_block"
     assert why in str(caught.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=1,
+                       max_size=40),
+       document=st.binary(max_size=64))
+def test_decode_block_refuses_a_block_exactly_when_a_reading_is_infinite(
+        values: list[float], document: bytes) -> None:
+    """decode_block only walks the readings when the bytes of an infinity occur in the payload:
+    wherever the infinity is, and whatever else holds those bytes, the verdict is the loop's."""
+    infinity = struct.pack("<d", math.inf)
+    payload = _raw_block(readings=[pb.Reading(point_id=f"p{i}", value=v) for i, v in enumerate(values)],
+                         config_document=document + infinity)  # the bytes occur in every payload
+    if any(math.isinf(v) for v in values):
+        with pytest.raises(VerificationError, match="infinite"):
+            decode_block(payload)
+    else:
+        assert len(decode_block(payload).readings) == len(values)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["+inf", "-inf"])
+def test_decode_block_finds_an_infinity_among_many_finite_readings(sign: float) -> None:
+    readings = [pb.Reading(point_id=f"p{i}", value=float(i)) for i in range(40)]
+    readings[27] = pb.Reading(point_id="p27", value=sign * math.inf)
+    with pytest.raises(VerificationError, match="p27 is infinite"):
+        decode_block(_raw_block(readings=readings))
 
 
 @settings(max_examples=300, deadline=None)
