@@ -563,7 +563,8 @@ class VerifierService:
         await self._check_tree_size(tree_size)
         # the collector's newest block in that tree bounds the range: its blocks enter the log
         # in chain order, so none after it is in the tree
-        newest = await self.ledger.log_latest_leaf(collector_id, below_size=tree_size)
+        newest = (await self.ledger.log_latest_leaves([collector_id], below_size=tree_size)
+                  ).get(collector_id)
         first = from_sequence or 1
         last = 0 if newest is None else min(newest[0], to_sequence or MAX_SEQUENCE)
         return self._proofs(collector_id, first, last, tree_size)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -56,8 +57,11 @@ async def test_leaves_follow_acceptance_order_and_the_root_is_rfc_9162s(any_ledg
     assert await any_ledger.log_leaf(4) == ("plant-b-c1", 1)
     assert await any_ledger.log_leaf(9) is None
     assert await any_ledger.log_leaf_indexes("plant-a-c1", 4, 6) == {4: 3, 5: 7, 6: 8}
-    assert await any_ledger.log_latest_leaf("plant-a-c1", below_size=7) == (4, 3)
-    assert await any_ledger.log_latest_leaf("plant-b-c1", below_size=4) is None
+    assert await any_ledger.log_latest_leaves(["plant-a-c1", "plant-b-c1"], below_size=7) == {
+        "plant-a-c1": (4, 3), "plant-b-c1": (3, 6)}
+    assert await any_ledger.log_latest_leaves(["plant-a-c1", "plant-b-c1", "nobody"],
+                                              below_size=4) == {"plant-a-c1": (4, 3)}
+    assert await any_ledger.log_latest_leaves([], below_size=9) == {}
     root = await tree.root(9)
     for index, leaf in enumerate(leaves):
         verify_inclusion(leaf_hash=leaf, index=index, size=9,
@@ -119,6 +123,42 @@ async def test_a_receipt_proves_the_newest_block_and_that_the_log_only_grew(any_
     assert grown is not None and grown.consistency_from_size == 3
     verify_consistency(old_size=3, new_size=5, old_root=first.root_hash,
                        new_root=second.root_hash, proof=list(grown.consistency_path))
+
+
+async def test_receipts_for_a_fleet_are_made_at_once_per_checkpoint_and_each_verifies(
+        any_ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every collector asks for its receipt right after a checkpoint: the audit paths of all of
+    them come from one lookup of the newest leaves (not one per collector), each receipt proves
+    its own collector's newest block, and a ledger failure is not kept as the answer."""
+    plants = [DemoCollector(f"plant-{n:02d}-c1") for n in range(12)]
+    payloads = {p.collector_id: await _store(any_ledger, p, n % 3 + 1) for n, p in enumerate(plants)}
+    log = TransparencyLog(ledger=any_ledger, origin=ORIGIN,
+                          signing_key=nacl.signing.SigningKey.generate())
+    await log.start()
+    checkpoint = await log.publish()
+    lookups: list[int] = []
+    real = any_ledger.log_latest_leaves
+
+    async def counted(collector_ids: Sequence[str], *, below_size: int) -> dict[str, tuple[int, int]]:
+        lookups.append(len(collector_ids))
+        if len(lookups) == 1:
+            raise LedgerError("the ledger is away")
+        return await real(collector_ids, below_size=below_size)
+
+    monkeypatch.setattr(any_ledger, "log_latest_leaves", counted)
+    with pytest.raises(LedgerError):  # the first try fails: the ack goes without a receipt
+        await log.receipt(plants[0].collector_id, 0)
+    receipts = await asyncio.gather(*(log.receipt(p.collector_id, 0) for p in plants))
+    assert lookups == [len(plants), len(plants)]  # the failure was not kept; then one for all
+    for plant, receipt in zip(plants, receipts, strict=True):
+        assert receipt is not None and receipt.checkpoint == checkpoint.note
+        newest = payloads[plant.collector_id][-1]
+        assert receipt.sequence == len(payloads[plant.collector_id])
+        verify_inclusion(leaf_hash=leaf_hash(newest), index=receipt.leaf_index,
+                         size=checkpoint.tree_size, proof=list(receipt.inclusion_path),
+                         root=checkpoint.root_hash)
+    assert await log.receipt("never-enrolled", 0) is None
+    assert lookups == [len(plants), len(plants)]  # kept until the next checkpoint
 
 
 async def test_a_node_written_twice_is_refused_rather_than_forking_the_log(tmp_path: Path) -> None:

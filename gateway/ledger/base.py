@@ -255,9 +255,10 @@ class Ledger(Protocol):
         log's."""
         ...
 
-    async def log_latest_leaf(self, collector_id: str, *, below_size: int) -> tuple[int, int] | None:
-        """(sequence, leaf index) of the collector's newest block among the first `below_size`
-        leaves, or None."""
+    async def log_latest_leaves(self, collector_ids: Sequence[str], *, below_size: int
+                                ) -> dict[str, tuple[int, int]]:
+        """Collector -> (sequence, leaf index) of its newest block among the first `below_size`
+        leaves, for each of the collectors that has one; one round trip for all of them."""
         ...
 
     async def log_leaf(self, leaf_index: int) -> tuple[str, int] | None:

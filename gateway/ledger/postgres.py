@@ -754,13 +754,17 @@ class PostgresLedger:
             return [(int(r[0]), int(r[1]), path) for r, path in zip(rows, paths, strict=True)]
         return await self._run(work)
 
-    async def log_latest_leaf(self, collector_id: str, *, below_size: int) -> tuple[int, int] | None:
-        """The collector's newest block among the first `below_size` leaves."""
-        async def work(conn: Any) -> tuple[int, int] | None:
-            row = await conn.fetchrow("SELECT sequence, leaf_index FROM log_leaves WHERE "
-                                      "collector_id = $1 AND leaf_index < $2 ORDER BY sequence "
-                                      "DESC LIMIT 1", collector_id, below_size)
-            return None if row is None else (int(row[0]), int(row[1]))
+    async def log_latest_leaves(self, collector_ids: Sequence[str], *, below_size: int
+                                ) -> dict[str, tuple[int, int]]:
+        """Each collector's newest block among the first `below_size` leaves, in one query (an
+        index lookup per collector)."""
+        async def work(conn: Any) -> dict[str, tuple[int, int]]:
+            rows = await conn.fetch(
+                "SELECT c.id, l.sequence, l.leaf_index FROM unnest($1::text[]) AS c(id) "
+                "CROSS JOIN LATERAL (SELECT sequence, leaf_index FROM log_leaves WHERE "
+                "collector_id = c.id AND leaf_index < $2 ORDER BY sequence DESC LIMIT 1) l",
+                list(dict.fromkeys(collector_ids)), below_size)
+            return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
         return await self._run(work)
 
     async def log_leaf(self, leaf_index: int) -> tuple[str, int] | None:

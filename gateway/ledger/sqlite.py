@@ -627,13 +627,18 @@ class SqliteLedger:
             return [(int(r[0]), int(r[1]), path) for r, path in zip(rows, paths, strict=True)]
         return await self._run(work)
 
-    async def log_latest_leaf(self, collector_id: str, *, below_size: int) -> tuple[int, int] | None:
-        """The collector's newest block among the first `below_size` leaves."""
-        def work(db: sqlite3.Connection) -> tuple[int, int] | None:
-            row = db.execute("SELECT sequence, leaf_index FROM log_leaves WHERE collector_id = ? "
-                             "AND leaf_index < ? ORDER BY sequence DESC LIMIT 1",
-                             (collector_id, below_size)).fetchone()
-            return None if row is None else (int(row[0]), int(row[1]))
+    async def log_latest_leaves(self, collector_ids: Sequence[str], *, below_size: int
+                                ) -> dict[str, tuple[int, int]]:
+        """Each collector's newest block among the first `below_size` leaves, in one worker call."""
+        def work(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+            found: dict[str, tuple[int, int]] = {}
+            for collector_id in dict.fromkeys(collector_ids):
+                row = db.execute("SELECT sequence, leaf_index FROM log_leaves WHERE "
+                                 "collector_id = ? AND leaf_index < ? ORDER BY sequence DESC "
+                                 "LIMIT 1", (collector_id, below_size)).fetchone()
+                if row is not None:
+                    found[collector_id] = (int(row[0]), int(row[1]))
+            return found
         return await self._run(work)
 
     async def log_leaf(self, leaf_index: int) -> tuple[str, int] | None:

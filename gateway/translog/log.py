@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 INTEGRATE_BATCH = 5000
 """Leaves appended per ledger transaction."""
+CONSISTENCY_CACHE_SIZE = 64
+"""Consistency proofs kept for receipts (by old and new tree size)."""
 
 
 class LogKeyMismatch(GatewayError):
@@ -73,6 +75,12 @@ class TransparencyLog:
         self.failures = 0
         self._backoff = Backoff(initial_s=0.5, max_s=30.0)
         self._publishing = asyncio.Lock()
+        # receipts: the audit paths of every collector's newest block at one tree size, and
+        # consistency proofs by (old size, new size)
+        self._paths: tuple[int, dict[str, tuple[int, int, list[bytes]]]] | None = None
+        self._paths_task: tuple[int, asyncio.Future[dict[str, tuple[int, int, list[bytes]]]]
+                                ] | None = None
+        self._consistency_cache: dict[tuple[int, int], list[bytes]] = {}
 
     def __repr__(self) -> str:
         return f"TransparencyLog(origin={self.origin!r}, size={self.size})"
@@ -176,18 +184,60 @@ class TransparencyLog:
     async def receipt(self, collector_id: str, known_size: int) -> pb.Receipt | None:
         """The latest checkpoint with the collector's newest block in it and, when the collector
         holds an older checkpoint (`known_size`), the proof that the new one extends it. None when
-        there is nothing newer for it."""
+        there is nothing newer for it.
+
+        Every collector asks within a second of a new checkpoint (its next ack carries the
+        receipt), so the audit paths of all of them are made at once, on the first request, in
+        three ledger round trips, and kept until the next checkpoint; consistency proofs are kept
+        by size pair (most collectors hold the same previous checkpoint)."""
         latest = self.latest
         if latest is None or latest.tree_size <= known_size:
             return None
-        newest = await self.ledger.log_latest_leaf(collector_id, below_size=latest.tree_size)
-        if newest is None:
+        found = (await self._receipt_paths(latest.tree_size)).get(collector_id)
+        if found is None:
             return None
-        sequence, index = newest
-        path = await self.ledger.log_tree().inclusion_proof(index, latest.tree_size)
+        sequence, index, path = found
         consistency: list[bytes] = []
         if known_size > 0:
-            consistency = await self.consistency(known_size, latest.tree_size)
+            consistency = await self._consistency_for_receipts(known_size, latest.tree_size)
         return pb.Receipt(checkpoint=latest.note, sequence=sequence, leaf_index=index,
                           inclusion_path=path, consistency_from_size=known_size,
                           consistency_path=consistency)
+
+    async def _receipt_paths(self, tree_size: int) -> dict[str, tuple[int, int, list[bytes]]]:
+        """Collector -> (sequence, leaf index, audit path) of its newest block in the tree of
+        `tree_size`, for every collector with a block there; made once per tree size (concurrent
+        callers share the work; a failure is not kept, the next request tries again)."""
+        if self._paths is not None and self._paths[0] == tree_size:
+            return self._paths[1]
+        if self._paths_task is None or self._paths_task[0] != tree_size:
+            self._paths_task = (tree_size, asyncio.ensure_future(self._make_receipt_paths(tree_size)))
+        task = self._paths_task[1]
+        try:
+            paths = await asyncio.shield(task)
+        except (LedgerError, ProofRequestError):
+            if self._paths_task is not None and self._paths_task[1] is task:
+                self._paths_task = None
+            raise
+        if self._paths is None or self._paths[0] < tree_size:
+            self._paths = (tree_size, paths)
+        return paths
+
+    async def _make_receipt_paths(self, tree_size: int) -> dict[str, tuple[int, int, list[bytes]]]:
+        collectors = list(await self.ledger.heads())
+        newest = await self.ledger.log_latest_leaves(collectors, below_size=tree_size)
+        ordered = list(newest.items())
+        paths = await self.ledger.log_tree().inclusion_proofs([index for _, (_, index) in ordered],
+                                                              tree_size)
+        return {collector_id: (sequence, index, path)
+                for (collector_id, (sequence, index)), path in zip(ordered, paths, strict=True)}
+
+    async def _consistency_for_receipts(self, old_size: int, new_size: int) -> list[bytes]:
+        key = (old_size, new_size)
+        proof = self._consistency_cache.get(key)
+        if proof is None:
+            proof = await self.consistency(old_size, new_size)
+            if len(self._consistency_cache) >= CONSISTENCY_CACHE_SIZE:
+                self._consistency_cache.pop(next(iter(self._consistency_cache)))
+            self._consistency_cache[key] = proof
+        return proof
