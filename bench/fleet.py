@@ -27,9 +27,13 @@ How the load is made, so that the load generator is not what is measured:
 * Latency is measured from the block's creation instant (not from when it could be sent), so
   a gateway that falls behind shows it in the latency, not by slowing the sender down.
 
-The sustained rate is the blocks acknowledged x readings over the time from the first ack to the
-last (plus one block interval): a pipeline that keeps up gives the offered rate whatever its
-latency; one that falls behind gives what it really committed per second. A block is lost when it
+The sustained rate counts the readings of the blocks created in the steady state (from
+whole second `STEADY_FROM_S`, after the start-up, to the last block) that were committed within
+`IN_TIME_S` (1 s, the latency bound) of their creation, per second of that window. Each collector
+creates exactly one block per second of the window, so a gateway that keeps up gives exactly the
+offered rate (no edge of a measuring window to blur it), and one that falls behind loses every
+block that waited longer than a second from its figure (`late_blocks_by_second` says in which
+seconds of the run they were created: a stall shows as one second). A block is lost when it
 was sent and is not in the ledger at the end (chain heads read from the ledger after the gateway
 stopped). Every chain is then verified (`verify_ledger`: signatures, links, heads and the
 transparency log; `--verify-sample N` checks N chains instead). A block the gateway acknowledged
@@ -682,12 +686,25 @@ async def _drive(args: argparse.Namespace, collectors: list[SimulatedCollector],
     return figures
 
 
+STEADY_FROM_S = 10
+"""The sustained rate counts blocks created from this second on (a third of a shorter run)."""
+IN_TIME_S = 1.0
+"""A block counts towards the sustained rate when committed within this long of its creation."""
+
+
+def steady_from(seconds: int) -> int:
+    """The whole second the steady window starts at, for a run of `seconds`."""
+    return min(STEADY_FROM_S, seconds // 3)
+
+
 def measure(args: argparse.Namespace, collectors: list[SimulatedCollector], t0: float,
             finished: float, samples: list[Sample], timed_out: bool) -> dict[str, Any]:
     """Rate, latency and the load generator's timeliness from what the collectors recorded."""
     latencies: list[float] = []
-    ack_times: list[float] = []
     window_s = min(10.0, args.seconds / 3)
+    steady_from_s = steady_from(args.seconds)
+    in_time = 0  # blocks created in the steady window, committed within IN_TIME_S
+    late_seconds: dict[int, int] = {}  # second of creation -> blocks committed later than IN_TIME_S
     start_window: list[float] = []
     end_window: list[float] = []
     for collector in collectors:
@@ -697,7 +714,10 @@ def measure(args: argparse.Namespace, collectors: list[SimulatedCollector], t0: 
             due = collector.due_s(position)
             latency = acked_at - (t0 + due)
             latencies.append(latency)
-            ack_times.append(acked_at)
+            if latency > IN_TIME_S:
+                late_seconds[int(due)] = late_seconds.get(int(due), 0) + 1
+            elif due >= steady_from_s:
+                in_time += 1
             if due < window_s:
                 start_window.append(latency)
             elif due >= args.seconds - window_s:
@@ -707,15 +727,17 @@ def measure(args: argparse.Namespace, collectors: list[SimulatedCollector], t0: 
     end_window.sort()
     acked = len(latencies)
     offered_blocks_per_s = len(collectors)
-    duration_s = (max(ack_times) - min(ack_times) + 1 / offered_blocks_per_s) if ack_times else 0.0
+    steady_s = args.seconds - steady_from_s
     lateness = sorted(x for c in collectors for x in c.wake_lateness_s)
     per_second = [(b.gateway_cpu_s - a.gateway_cpu_s) / (b.elapsed_s - a.elapsed_s)
                   for a, b in itertools.pairwise(samples) if b.elapsed_s > a.elapsed_s]
     blocks = sum(len(c.blocks) for c in collectors)
     return {
-        "sustained_readings_per_s": round(acked * args.readings / duration_s) if duration_s else 0,
+        "sustained_readings_per_s": round(in_time * args.readings / steady_s),
         "offered_readings_per_s": offered_blocks_per_s * args.readings,
-        "duration_s": round(duration_s, 2),
+        "steady_window_s": [steady_from_s, args.seconds],
+        "steady_blocks_late_or_lost": (offered_blocks_per_s * steady_s) - in_time,
+        "late_blocks_by_second": {str(k): v for k, v in sorted(late_seconds.items())[:20]},
         "wall_s": round(finished - t0, 2),
         "blocks_offered": blocks,
         "blocks_sent": sum(c.sent_ever for c in collectors),
