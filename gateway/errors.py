@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError", "EnrolmentError", "GatewayError", "LedgerError", "RetryableLedgerError",
-    "TimeSeriesError", "TimeSeriesRejected", "TimeSeriesUnavailable",
+    "SignatureWorkersLost", "TimeSeriesError", "TimeSeriesRejected", "TimeSeriesUnavailable",
 ]
 
 
@@ -31,6 +31,11 @@ class RetryableLedgerError(LedgerError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class SignatureWorkersLost(GatewayError):
+    """A worker process checking signatures for `stackline verify` stopped: the audit is
+    incomplete, so there is no verdict."""
 
 
 class EnrolmentError(GatewayError):

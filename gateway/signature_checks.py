@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
+from gateway.errors import SignatureWorkersLost
 from proto.errors import UnacceptableKeyError, VerificationError
 from proto.wire import Verifier
 
@@ -89,6 +90,20 @@ def _check_in_worker(rows: list[RowToCheck]) -> list[RowCheck]:
     return check_rows(_worker_verifiers, rows)
 
 
+def _lost(exc: BaseException) -> SignatureWorkersLost:
+    return SignatureWorkersLost(
+        f"a worker process checking signatures stopped ({exc or type(exc).__name__}): the audit "
+        "is incomplete and gives no verdict; run it again, with more free memory if the system "
+        "stopped it")
+
+
+async def _lost_workers_named(checking: asyncio.Future[list[RowCheck]]) -> list[RowCheck]:
+    try:
+        return await checking
+    except concurrent.futures.BrokenExecutor as exc:
+        raise _lost(exc) from exc
+
+
 class RowChecker:
     """Checks chunks of rows off the event loop: the first `in_process_rows` (by default
     PROCESS_POOL_AFTER_ROWS) in a thread of this process, the rest in worker processes, one per
@@ -115,16 +130,22 @@ class RowChecker:
         return self._processes is not None
 
     def submit(self, rows: Sequence[RowToCheck]) -> asyncio.Future[list[RowCheck]]:
-        """Start checking `rows`; the future gives a RowCheck per row, in order."""
+        """Start checking `rows`; the future gives a RowCheck per row, in order, or raises
+        SignatureWorkersLost when a worker process stopped."""
         loop = asyncio.get_running_loop()
         self._submitted += len(rows)
         if self._submitted <= self._in_process_rows:
             return loop.run_in_executor(self._threads, check_rows, self._verifiers, rows)
-        if self._processes is None:
-            self._processes = concurrent.futures.ProcessPoolExecutor(
-                max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker, initargs=(self._keys,))
-        return loop.run_in_executor(self._processes, _check_in_worker, list(rows))
+        try:
+            if self._processes is None:
+                self._processes = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=os.cpu_count() or 1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker, initargs=(self._keys,))
+            checking = loop.run_in_executor(self._processes, _check_in_worker, list(rows))
+        except (OSError, concurrent.futures.BrokenExecutor) as exc:
+            raise _lost(exc) from exc
+        return asyncio.ensure_future(_lost_workers_named(checking))
 
     def close(self) -> None:
         """Stop the threads and worker processes (pending checks are cancelled)."""

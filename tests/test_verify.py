@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import multiprocessing
+import os
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import nacl.signing
 import pytest
 
 import gateway.signature_checks
+from gateway.errors import SignatureWorkersLost
 from gateway.ingest import IngestCore
 from gateway.ledger import SqliteLedger
 from gateway.ledger.base import StoredCheckpoint
@@ -271,3 +275,22 @@ async def test_worker_processes_find_what_the_thread_finds() -> None:
                                                                    False, False, False]
     assert [check.payload_hash for check in here[:4]] == [
         hashlib.sha256(block.payload).digest() for block in chain]
+
+
+async def test_a_worker_process_that_stops_leaves_a_clear_error_and_no_verdict() -> None:
+    """A signature worker killed mid-audit (the system's out-of-memory killer, say): the audit
+    says so and what to do, rather than a verdict over blocks it did not check."""
+    plant = DemoCollector()
+    chain = plant.chain(2)
+    keys = {(plant.collector_id, plant.key.key_id): plant.key.public_key}
+    rows = [(plant.collector_id, plant.key.key_id, b.payload, b.signature) for b in chain]
+    before = {child.pid for child in multiprocessing.active_children()}
+    with gateway.signature_checks.RowChecker(keys, in_process_rows=0) as checker:
+        assert all(c.signature_problem is None for c in await checker.submit(rows))
+        workers = [c.pid for c in multiprocessing.active_children() if c.pid not in before]
+        assert workers
+        for pid in workers:
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(SignatureWorkersLost, match="incomplete and gives no verdict; run it again"):
+            await checker.submit(rows)
