@@ -4,8 +4,8 @@ against its collector's enrolled key, and SHA-256 of its payload.
 Ed25519 is most of an audit's cost. libsodium releases the GIL, but in threads of one process
 the checks still queue for it behind the chain walk, which is Python, so once a ledger is large
 enough to be worth starting them (PROCESS_POOL_AFTER_ROWS), the chunks go to worker processes,
-one per core, that hold the enrolled keys. The verdict does not depend on where a chunk was
-checked: both run `check_rows`.
+one per CPU (at most MAX_WORKER_PROCESSES), that hold the enrolled keys. The verdict does not
+depend on where a chunk was checked: both run `check_rows`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import concurrent.futures
 import hashlib
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -24,12 +25,16 @@ from gateway.errors import SignatureWorkersLost
 from proto.errors import UnacceptableKeyError, VerificationError
 from proto.wire import Verifier
 
-__all__ = ["PROCESS_POOL_AFTER_ROWS", "RowCheck", "RowChecker", "RowToCheck", "check_rows",
-           "verifiers_of"]
+__all__ = ["MAX_WORKER_PROCESSES", "PROCESS_POOL_AFTER_ROWS", "RowCheck", "RowChecker",
+           "RowToCheck", "check_rows", "verifiers_of", "worker_processes"]
 
 PROCESS_POOL_AFTER_ROWS: Final = 8192
 """Rows checked in threads of this process before the worker processes take over (starting
 them costs about a tenth of a second: the price of checking some 1,500 signatures here)."""
+
+MAX_WORKER_PROCESSES: Final = 4
+"""More would wait on the chain walk, which runs in the main process (about 30,000 blocks/s
+here), and each costs an interpreter's memory."""
 
 RowToCheck = tuple[str, str, bytes, bytes]
 """(collector_id, key_id, payload, signature) of one stored block."""
@@ -77,11 +82,20 @@ def check_rows(verifiers: Mapping[tuple[str, str], Verifier | None],
     return checks
 
 
+def worker_processes() -> int:
+    """How many worker processes: one per CPU this process may run on (its affinity, not the
+    machine's count), at most MAX_WORKER_PROCESSES."""
+    return max(1, min(MAX_WORKER_PROCESSES, len(os.sched_getaffinity(0))))
+
+
 _worker_verifiers: dict[tuple[str, str], Verifier | None] = {}
 """The enrolled keys, in a worker process (set by `_start_worker`)."""
 
 
 def _start_worker(keys: dict[tuple[str, str], bytes]) -> None:
+    # Ctrl-C is the main process's to handle (it stops the workers); a worker would only print
+    # a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_verifiers.clear()
     _worker_verifiers.update(verifiers_of(keys))
 
@@ -107,8 +121,8 @@ async def _lost_workers_named(checking: asyncio.Future[list[RowCheck]]) -> list[
 class RowChecker:
     """Checks chunks of rows off the event loop: the first `in_process_rows` (by default
     PROCESS_POOL_AFTER_ROWS) in a thread of this process, the rest in worker processes, one per
-    core (started on first use, with the "spawn" method: safe beside the ledger's threads). Use
-    it as a context manager: it stops its workers."""
+    CPU it may use, at most MAX_WORKER_PROCESSES (started on first use, with the "spawn" method:
+    safe beside the ledger's threads). Use it as a context manager: it stops its workers."""
 
     def __init__(self, keys: KeyTable, *, in_process_rows: int | None = None) -> None:
         self._keys = dict(keys)
@@ -139,7 +153,7 @@ class RowChecker:
         try:
             if self._processes is None:
                 self._processes = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=os.cpu_count() or 1,
+                    max_workers=worker_processes(),
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start_worker, initargs=(self._keys,))
             checking = loop.run_in_executor(self._processes, _check_in_worker, list(rows))

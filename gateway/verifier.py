@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
@@ -215,13 +215,16 @@ class ChainAudit:
 async def verify_ledger(ledger: Ledger, *, collector_id: str | None = None) -> VerifyReport:
     """Audit every chain in the ledger (or one collector's), and with the whole ledger its
     transparency log, the two at once: the chain walk waits on the signature workers and the
-    log audit on the ledger, so each fills the other's idle time."""
+    log audit on the ledger, so each fills the other's idle time. When one of them fails, the
+    other is stopped before the error goes on."""
     audit = ChainAudit(keys=await ledger.collector_keys())
-    chains = _feed_checking_signatures_aside(audit, ledger.iter_blocks(collector_id))
     if collector_id is None:
-        _, audit.report.log = await asyncio.gather(chains, _audit_log_if_any(ledger, audit.report))
+        audit.report.log, missing_log = await _both(
+            _feed_checking_signatures_aside(audit, ledger.iter_blocks(None)), _audit_log_if_any(ledger))
+        if missing_log is not None:
+            audit.report.warnings.append(missing_log)
     else:
-        await chains
+        await _feed_checking_signatures_aside(audit, ledger.iter_blocks(collector_id))
     overview = await ledger.collectors_overview()
     if collector_id is not None:
         overview = {k: v for k, v in overview.items() if k == collector_id}
@@ -231,12 +234,29 @@ async def verify_ledger(ledger: Ledger, *, collector_id: str | None = None) -> V
     return audit.report
 
 
-async def _audit_log_if_any(ledger: Ledger, report: VerifyReport) -> LogAudit | None:
+async def _both(walk: Coroutine[Any, Any, None],
+                log_audit: Coroutine[Any, Any, tuple[LogAudit | None, Finding | None]]
+                ) -> tuple[LogAudit | None, Finding | None]:
+    """Run the chain walk and the log audit together; the first error cancels the other and is
+    raised as it is (not wrapped in a group, so callers see the GatewayError they know)."""
+    tasks = (asyncio.ensure_future(walk), asyncio.ensure_future(log_audit))
     try:
-        return await audit_log(ledger)
-    except LedgerError as exc:  # a ledger opened read-only from before the log
-        report.warnings.append(Finding("", 0, "no_transparency_log", str(exc)))
-        return None
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return tasks[1].result()
+
+
+async def _audit_log_if_any(ledger: Ledger) -> tuple[LogAudit | None, Finding | None]:
+    """The log audit, or the warning that the ledger has no log (opened read-only from before
+    the log existed)."""
+    try:
+        return await audit_log(ledger), None
+    except LedgerError as exc:
+        return None, Finding("", 0, "no_transparency_log", str(exc))
 
 
 async def _feed_checking_signatures_aside(audit: ChainAudit, rows: AsyncIterator[StoredRow]) -> None:

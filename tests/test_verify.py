@@ -10,16 +10,18 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nacl.signing
 import pytest
 
 import gateway.signature_checks
-from gateway.errors import SignatureWorkersLost
+import gateway.verifier
+from gateway.errors import LedgerError, SignatureWorkersLost
 from gateway.ingest import IngestCore
 from gateway.ledger import SqliteLedger
-from gateway.ledger.base import StoredCheckpoint
+from gateway.ledger.base import StoredCheckpoint, StoredRow
 from gateway.runtime import enroll_collector
 from gateway.translog.log import TransparencyLog
 from gateway.verifier import SIGNATURE_CHUNK, verify_ledger
@@ -294,3 +296,32 @@ async def test_a_worker_process_that_stops_leaves_a_clear_error_and_no_verdict()
             os.kill(pid, signal.SIGKILL)
         with pytest.raises(SignatureWorkersLost, match="incomplete and gives no verdict; run it again"):
             await checker.submit(rows)
+
+
+async def test_when_the_chain_walk_fails_the_log_audit_beside_it_is_stopped(
+        ledger_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chain walk and the log audit run together: the first error stops the other (no task
+    left reading a ledger about to be closed) and reaches the caller as itself."""
+    log_audit_cancelled = asyncio.Event()
+
+    async def slow_log_audit(ledger: object) -> object:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            log_audit_cancelled.set()
+            raise
+        raise AssertionError("not reached")
+
+    async def failing_blocks(collector_id: str | None = None) -> AsyncIterator[StoredRow]:
+        raise LedgerError("the ledger went away mid-audit")
+        yield  # makes this an async generator, as iter_blocks is
+
+    monkeypatch.setattr(gateway.verifier, "audit_log", slow_log_audit)
+    reader = SqliteLedger(path=ledger_path, read_only=True)
+    monkeypatch.setattr(reader, "iter_blocks", failing_blocks)
+    try:
+        with pytest.raises(LedgerError, match="went away mid-audit"):
+            await verify_ledger(reader)
+    finally:
+        await reader.close()
+    assert log_audit_cancelled.is_set()
