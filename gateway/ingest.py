@@ -172,13 +172,18 @@ class IngestCore:
 
     async def receipt(self, collector_id: str, known_size: int) -> pb.Receipt | None:
         """A receipt for the collector when the log has a checkpoint newer than the one it holds
-        (`known_size`). A log that cannot answer costs the ack nothing: the receipt comes later."""
+        (`known_size`). A log that cannot answer, for whatever reason, costs the ack nothing: the
+        receipt comes later."""
         if self.receipts is None:
             return None
         try:
             receipt = await self.receipts(collector_id, known_size)
         except (LedgerError, ProofRequestError) as exc:
             log.debug("no receipt for %s this time: %s", collector_id, exc)
+            return None
+        except Exception:  # a bug in the receipts: the blocks are stored, the ack must go
+            log.exception("no receipt for %s this time: the transparency log failed; the ack "
+                          "goes without one (please report this)", collector_id)
             return None
         if receipt is None:
             return None

@@ -47,7 +47,7 @@ from collector.runtime import CollectorRuntime, build_runtime, seal
 from collector.simulator import PlantSimulator
 from collector.uplink import UplinkBase
 from gateway.config import load_gateway_config
-from gateway.ingest import verify_envelope
+from gateway.ingest import IngestCore, verify_envelope
 from gateway.ledger import CollectorKey, SqliteLedger, VerifiedBlock
 from gateway.runtime import GatewayRuntime, enroll_collector
 from gateway.translog.checkpoint import Checkpoint, parse_checkpoint, sign_note, verifier_key
@@ -506,6 +506,34 @@ def test_a_bug_in_receipt_handling_costs_the_uplink_nothing(caplog: pytest.LogCa
     assert buffer.acknowledged_through() == 2
     alarms = [r for r in caplog.records if "could not be handled" in r.getMessage()]
     assert len(alarms) == 1 and alarms[0].levelno == logging.ERROR
+
+
+async def test_a_bug_in_the_gateways_receipts_costs_the_ack_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The receipt is an extra: whatever goes wrong making it, the blocks are stored and the ack
+    goes (without a receipt), and the failure is logged for someone to report."""
+    ledger = SqliteLedger(path=tmp_path / "ledger.sqlite")
+    plant = DemoCollector()
+    try:
+        await ledger.enroll(plant.key)
+        core = IngestCore(ledger=ledger)
+
+        async def broken(collector_id: str, known_size: int) -> pb.Receipt | None:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+        core.receipts = broken
+        envelopes = [pb.SignedBlock(payload=b.payload, signature=b.signature, key_id=b.key_id)
+                     for b in plant.chain(2)]
+        raw = pb.IngestRequest(batch=pb.Batch(blocks=envelopes)).SerializeToString()
+        with caplog.at_level(logging.ERROR, logger="gateway.ingest"):
+            answer = await core.handle(collector_id=plant.collector_id, raw=raw, transport="test",
+                                       peer="test", max_blocks_per_batch=100,
+                                       hello_expected=False)
+        assert answer.error is None and answer.head is not None and answer.head.sequence == 3
+        assert answer.receipt is None
+        assert any("the ack goes without one" in r.getMessage() for r in caplog.records)
+    finally:
+        await ledger.close()
 
 
 # --- configuration ----------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ class TransparencyLog:
     async def _receipt_paths(self, tree_size: int) -> dict[str, tuple[int, int, list[bytes]]]:
         """Collector -> (sequence, leaf index, audit path) of its newest block in the tree of
         `tree_size`, for every collector with a block there; made once per tree size (concurrent
-        callers share the work; a failure is not kept, the next request tries again)."""
+        callers share the work; no failure is kept, the next request tries again)."""
         if self._paths is not None and self._paths[0] == tree_size:
             return self._paths[1]
         if self._paths_task is None or self._paths_task[0] != tree_size:
@@ -215,9 +215,9 @@ class TransparencyLog:
         task = self._paths_task[1]
         try:
             paths = await asyncio.shield(task)
-        except (LedgerError, ProofRequestError):
+        except Exception:
             if self._paths_task is not None and self._paths_task[1] is task:
-                self._paths_task = None
+                self._paths_task = None  # whatever went wrong, the next request tries again
             raise
         if self._paths is None or self._paths[0] < tree_size:
             self._paths = (tree_size, paths)
