@@ -36,7 +36,8 @@ block that waited longer than a second from its figure (`late_blocks_by_second` 
 seconds of the run they were created: a stall shows as one second). It is a rate of timely
 commits, not of headroom: it cannot read above the offered rate, and a gateway slightly short of
 it reads full until its backlog passes a second (the latency figures and the gateway's CPU show
-how close it runs). A block is lost when it
+how close it runs). `committed_readings_per_s` is the plain throughput beside it: readings of the
+blocks committed during the same window, however late, per second. A block is lost when it
 was sent and is not in the ledger at the end (chain heads read from the ledger after the gateway
 stopped). Every chain is then verified (`verify_ledger`: signatures, links, heads and the
 transparency log; `--verify-sample N` checks N chains instead). A block the gateway acknowledged
@@ -707,6 +708,7 @@ def measure(args: argparse.Namespace, collectors: list[SimulatedCollector], t0: 
     window_s = min(10.0, args.seconds / 3)
     steady_from_s = steady_from(args.seconds)
     in_time = 0  # blocks created in the steady window, committed within IN_TIME_S
+    committed_in_window = 0  # blocks whose commit fell in the steady window, however late
     late_seconds: dict[int, int] = {}  # second of creation -> blocks committed later than IN_TIME_S
     start_window: list[float] = []
     end_window: list[float] = []
@@ -717,6 +719,8 @@ def measure(args: argparse.Namespace, collectors: list[SimulatedCollector], t0: 
             due = collector.due_s(position)
             latency = acked_at - (t0 + due)
             latencies.append(latency)
+            if steady_from_s <= acked_at - t0 < args.seconds:
+                committed_in_window += 1
             if latency > IN_TIME_S:
                 late_seconds[int(due)] = late_seconds.get(int(due), 0) + 1
             elif due >= steady_from_s:
@@ -738,6 +742,9 @@ def measure(args: argparse.Namespace, collectors: list[SimulatedCollector], t0: 
     return {
         "sustained_readings_per_s": round(in_time * args.readings / steady_s),
         "offered_readings_per_s": offered_blocks_per_s * args.readings,
+        # what the gateway committed per second in the same window, late or not: its throughput
+        # when it falls behind (and about the offered rate when it keeps up)
+        "committed_readings_per_s": round(committed_in_window * args.readings / steady_s),
         "steady_window_s": [steady_from_s, args.seconds],
         "steady_blocks_late_or_lost": (offered_blocks_per_s * steady_s) - in_time,
         "late_blocks_by_second": {str(k): v for k, v in sorted(late_seconds.items())},
