@@ -159,13 +159,15 @@ def verify_chain(rows: list[tuple[int, bytes]], head_hash: bytes,
 
 def count_interval(blocks: list[pb.Block], *, start_ms: int, end_ms: int, points: int,
                    poll_ms: int, devices: int) -> tuple[dict[str, Any], str | None]:
-    """Readings of the polls started in [start_ms, end_ms): counts, lateness and completeness."""
+    """Readings of the polls of the slots in [start_ms, end_ms) (a poll starts at or after its
+    slot, a multiple of poll_ms, and is counted in its slot's window even when it started late,
+    after the window's end): counts, lateness and completeness."""
     polls: Counter[tuple[str, int]] = Counter()
     flagged = readings = 0
     used = set()
     for block in blocks:
         for reading in block.readings:
-            if start_ms <= reading.time_unix_ms < end_ms:
+            if start_ms <= reading.time_unix_ms - reading.time_unix_ms % poll_ms < end_ms:
                 device = reading.point_id.rsplit("/", 1)[0]
                 polls[(device, reading.time_unix_ms)] += 1
                 readings += 1
