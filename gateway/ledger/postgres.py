@@ -53,7 +53,7 @@ from gateway.ledger.base import (
     VerifiedBlock,
 )
 from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
-from gateway.ledger.nodes import NodeReader
+from gateway.ledger.nodes import NodeReader, in_requested_order, leaf_with_payload
 from gateway.ledger.paging import keyset_pages
 from gateway.ledger.placement import (
     SIGNED_EVIDENCE_REASONS,
@@ -783,8 +783,7 @@ class PostgresLedger:
                 "LEFT JOIN blocks b ON b.collector_id = l.collector_id AND b.sequence = "
                 "l.sequence WHERE l.leaf_index > $1 ORDER BY l.leaf_index LIMIT $2",
                 after, PAGE_ROWS)
-            return [(int(r[0]), str(r[1]), int(r[2]), b"" if r[3] is None else bytes(r[3]))
-                    for r in rows]
+            return [leaf_with_payload(r) for r in rows]
         async for row in keyset_pages(
                 lambda after: self._run(functools.partial(page, after=after)),
                 start=-1, key=lambda row: row[0], limit=PAGE_ROWS):
@@ -885,12 +884,7 @@ async def _get_nodes(conn: Any, nodes: Sequence[NodeId]) -> list[bytes]:
         "JOIN log_nodes n ON n.level = w.level AND n.idx = w.idx",
         [level for level, _ in nodes], [index for _, index in nodes])
     found = {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows}
-    missing = [node for node in nodes if node not in found]
-    if missing:
-        level, index = missing[0]
-        raise LedgerError(f"the transparency log's node (level {level}, index {index}) is "
-                          "missing from the ledger: run stackline verify")
-    return [found[node] for node in nodes]
+    return in_requested_order(nodes, found)
 
 
 class _PostgresNodes:

@@ -29,7 +29,7 @@ from gateway.ledger.base import (
     VerifiedBlock,
 )
 from gateway.ledger.configs import CONFIG_KIND, config_document_with_digest
-from gateway.ledger.nodes import NodeReader
+from gateway.ledger.nodes import NodeReader, in_requested_order, leaf_with_payload
 from gateway.ledger.paging import keyset_pages
 from gateway.ledger.placement import SIGNED_EVIDENCE_REASONS, budget_quarantine, plan_append
 from gateway.ledger.selection import BlockSelection, selection_query
@@ -657,8 +657,7 @@ class SqliteLedger:
                 "LEFT JOIN blocks b ON b.collector_id = l.collector_id AND b.sequence = "
                 "l.sequence WHERE l.leaf_index > ? ORDER BY l.leaf_index LIMIT ?",
                 (after, PAGE_ROWS)).fetchall()
-            return [(int(r[0]), str(r[1]), int(r[2]), b"" if r[3] is None else bytes(r[3]))
-                    for r in rows]
+            return [leaf_with_payload(r) for r in rows]
         async for row in keyset_pages(
                 lambda after: self._run(functools.partial(page, after=after)),
                 start=-1, key=lambda row: row[0], limit=PAGE_ROWS):
@@ -766,12 +765,7 @@ def _get_nodes(db: sqlite3.Connection, nodes: Sequence[NodeId]) -> list[bytes]:
             "ON n.level = w.column1 AND n.idx = w.column2",
             [part for node in chunk for part in node]).fetchall()
         found.update(((int(r[0]), int(r[1])), bytes(r[2])) for r in rows)
-    missing = [node for node in nodes if node not in found]
-    if missing:
-        level, index = missing[0]
-        raise LedgerError(f"the transparency log's node (level {level}, index {index}) is "
-                          "missing from the ledger: run stackline verify")
-    return [found[node] for node in nodes]
+    return in_requested_order(nodes, found)
 
 
 class _SqliteNodes:
