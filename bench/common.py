@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import nacl.signing
 import yaml
@@ -101,7 +101,8 @@ def emit(document: dict[str, Any]) -> int:
 # bench/drain.py): chains of signed blocks as a collector seals them, a gateway process, a broker,
 # a throwaway PostgreSQL database, and the resources of a process from the OS
 
-__all__ += ["LEDGER_CHOICES", "IngestMeasure", "each_ledger", "in_ledger", "ingest_figures", "rate"]
+__all__ += ["LEDGER_CHOICES", "Countdown", "IngestMeasured", "MeasuredInterval", "each_ledger",
+            "failure_text", "in_ledger", "ingest_ack", "ingest_figures", "ingest_result", "rate"]
 __all__ += ["BLOCK_BASE_UNIX_MS", "POSTGRES_ADMIN_URL", "Backlog", "check_ledger", "config_draft",
             "enroll_backlogs", "log_tail", "pack_backlog", "peak_rss_mib", "postgres_cpu_seconds",
             "presign", "public_key_of", "readings_draft", "self_cpu_seconds",
@@ -298,11 +299,15 @@ def pack_backlog(collector_id: str, seed: bytes, blocks: int, readings: int, bat
 def presign(collectors: int, blocks: int, readings: int, batch: int) -> list[Backlog]:
     """Backlogs of collectors bench-c0000, bench-c0001, ..., signed in parallel on every core.
     Call it before any gRPC channel or event loop exists: the pool forks."""
+    started = time.monotonic()
+    print(f"signing {collectors} x {blocks} blocks of {readings} readings...", file=sys.stderr)
     ids = [f"bench-c{index:04d}" for index in range(collectors)]
     seeds = [os.urandom(32) for _ in ids]
     with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
-        return list(pool.map(pack_backlog, ids, seeds, [blocks] * collectors,
-                             [readings] * collectors, [batch] * collectors))
+        backlogs = list(pool.map(pack_backlog, ids, seeds, [blocks] * collectors,
+                                 [readings] * collectors, [batch] * collectors))
+    print(f"  signed in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return backlogs
 
 
 async def enroll_backlogs(location: str, backlogs: list[Backlog]) -> None:
@@ -383,20 +388,125 @@ def rate(count: int, seconds: float) -> int | None:
     return round(count / seconds) if seconds > 0 else None
 
 
-class IngestMeasure(Protocol):
-    """What an ingest scenario measured around the gateway (ingest-grpc, ingest-mqtt)."""
+@dataclasses.dataclass(slots=True)
+class IngestMeasured:
+    """What an ingest scenario (ingest-grpc, ingest-mqtt) measured around its gateway(s), before
+    its output was checked."""
 
-    wall_s: float
-    gateway_cpu_s: float
-    gateway_cpu_with_log_s: float
-    log_catch_up_s: float
-    load_cpu_s: float
-    postgres_cpu_s: float | None
-    gateway_peak_rss_mib: float
-    others_cpu_s: float
+    wall_s: float = 0.0
+    gateway_cpu_s: float = 0.0
+    gateway_cpu_with_log_s: float = 0.0
+    load_cpu_s: float = 0.0
+    broker_cpu_s: float | None = None
+    postgres_cpu_s: float | None = None
+    postgres_cpu_with_log_s: float | None = None
+    log_catch_up_s: float = 0.0
+    others_cpu_s: float = 0.0
+    gateway_peak_rss_mib: float = 0.0
 
 
-def ingest_figures(measured: IngestMeasure, *, blocks: int, readings: int,
+class MeasuredInterval:
+    """The CPU the gateway processes, the broker, the PostgreSQL server, this load process and
+    the rest of the machine take from its creation to `end`, and the wall time."""
+
+    def __init__(self, gateway_pids: list[int], *, broker_pid: int | None, postgres: bool) -> None:
+        self.gateway_pids = gateway_pids
+        self.broker_pid = broker_pid
+        self.postgres = postgres
+        self._gateways = sum(cpu_seconds(pid) for pid in gateway_pids)
+        self._broker = cpu_seconds(broker_pid) if broker_pid is not None else 0.0
+        self._postgres = postgres_cpu_seconds() if postgres else 0.0
+        self._load = self_cpu_seconds()
+        self._machine = machine_busy_seconds()
+        self._started = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"MeasuredInterval(gateways={self.gateway_pids})"
+
+    def end(self, measured: IngestMeasured) -> None:
+        """Write the interval's wall time and CPU into `measured`."""
+        measured.wall_s = time.monotonic() - self._started
+        measured.load_cpu_s = self_cpu_seconds() - self._load
+        measured.gateway_cpu_s = sum(cpu_seconds(pid) for pid in self.gateway_pids) - self._gateways
+        if self.broker_pid is not None:
+            measured.broker_cpu_s = cpu_seconds(self.broker_pid) - self._broker
+        if self.postgres:
+            measured.postgres_cpu_s = postgres_cpu_seconds() - self._postgres
+        measured.others_cpu_s = (machine_busy_seconds() - self._machine - measured.load_cpu_s
+                                 - measured.gateway_cpu_s - (measured.broker_cpu_s or 0.0)
+                                 - (measured.postgres_cpu_s or 0.0))
+
+    async def log_catch_up(self, location: str, blocks: int, measured: IngestMeasured) -> None:
+        """After `end`: wait for the transparency log to integrate every block, adding the
+        gateways' and the server's CPU meanwhile (work the ingest caused) and their peak
+        memory."""
+        gateways = sum(cpu_seconds(pid) for pid in self.gateway_pids)
+        server = postgres_cpu_seconds() if self.postgres else 0.0
+        measured.log_catch_up_s = await wait_for_log(location, blocks)
+        measured.gateway_cpu_with_log_s = (measured.gateway_cpu_s + sum(
+            cpu_seconds(pid) for pid in self.gateway_pids) - gateways)
+        if measured.postgres_cpu_s is not None:
+            measured.postgres_cpu_with_log_s = (measured.postgres_cpu_s + postgres_cpu_seconds()
+                                                - server)
+        measured.gateway_peak_rss_mib = max(peak_rss_mib(pid) for pid in self.gateway_pids)
+
+
+class Countdown:
+    """Set once `count` parties have each called it (every simulated collector said hello)."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self._done = asyncio.Event()
+        if count == 0:
+            self._done.set()
+
+    def __repr__(self) -> str:
+        return f"Countdown(left={self.left})"
+
+    def __call__(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self._done.set()
+
+    async def wait(self) -> None:
+        """Until every party has called."""
+        await self._done.wait()
+
+
+def ingest_ack(payload: bytes, collector_id: str) -> pb.Ack:
+    """The ack in a gateway's answer; RuntimeError when it refused the message or a block."""
+    response = pb.IngestResponse.FromString(payload)
+    if response.HasField("error"):
+        raise RuntimeError(f"{collector_id}: refused: {response.error.reason}: "
+                           f"{response.error.detail}")
+    if response.ack.rejections:
+        first = response.ack.rejections[0]
+        raise RuntimeError(f"{collector_id}: block {first.sequence} rejected: {first.reason}: "
+                           f"{first.detail}")
+    return response.ack
+
+
+def failure_text(exc: BaseException, log: Path) -> str:
+    """What went wrong in a run (the first error of a task group), with the gateway log's end."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}; gateway log: {log_tail(log)}"
+
+
+async def ingest_result(scenario: str, parameters: dict[str, Any], location: str,
+                        backlogs: list[Backlog], readings_per_block: int,
+                        measured: IngestMeasured, extra: dict[str, Any]) -> dict[str, Any]:
+    """Check the ledger (every chain to its last block, everything verifies), then the result
+    with the ingest figures."""
+    print("  verifying the ledger...", file=sys.stderr)
+    report, failure = await check_ledger(location, {b.collector_id: b.blocks for b in backlogs},
+                                         readings_per_block)
+    return result(scenario, parameters, ingest_figures(
+        measured, blocks=sum(b.blocks for b in backlogs), readings=report.total("readings"),
+        chains_verified=report.ok, extra=extra), failure)
+
+
+def ingest_figures(measured: IngestMeasured, *, blocks: int, readings: int,
                    extra: dict[str, Any], chains_verified: bool) -> dict[str, Any]:
     """The figures every ingest scenario reports, with its own `extra` ones."""
     return {
@@ -411,14 +521,19 @@ def ingest_figures(measured: IngestMeasure, *, blocks: int, readings: int,
         "log_catch_up_s": round(measured.log_catch_up_s, 2),
         "gateway_cpu_us_per_block": round(measured.gateway_cpu_s / blocks * 1e6, 1),
         "load_generator_cpu_s": round(measured.load_cpu_s, 2),
-        "postgres_server_cpu_s": (None if measured.postgres_cpu_s is None
-                                  else round(measured.postgres_cpu_s, 2)),
+        "postgres_server_cpu_s": _rounded(measured.postgres_cpu_s),
+        "postgres_server_cpu_with_log_s": _rounded(measured.postgres_cpu_with_log_s),
+        "broker_cpu_s": _rounded(measured.broker_cpu_s),
         **extra,
         "gateway_peak_rss_mib": round(measured.gateway_peak_rss_mib, 1),
         # on a shared machine, what else ran meanwhile (readings_per_s is only as good as this)
         "other_processes_cpu_s": round(max(0.0, measured.others_cpu_s), 2),
         "chains_verified": chains_verified,
     }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)
 
 
 LEDGER_CHOICES = ("sqlite", "postgresql", "both")

@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +35,20 @@ import grpc.aio
 from common import (
     LEDGER_CHOICES,
     Backlog,
-    check_ledger,
-    cpu_seconds,
+    Countdown,
+    IngestMeasured,
+    MeasuredInterval,
     each_ledger,
     enroll_backlogs,
+    failure_text,
     free_port,
     in_ledger,
-    ingest_figures,
-    log_tail,
-    machine_busy_seconds,
-    peak_rss_mib,
-    postgres_cpu_seconds,
+    ingest_ack,
+    ingest_result,
     presign,
     result,
-    self_cpu_seconds,
     spawn_gateway,
     stop,
-    wait_for_log,
     wait_for_port,
 )
 
@@ -68,15 +63,7 @@ HELLO_TIMEOUT_S = 30.0
 def _ack(raw: object, collector_id: str) -> pb.Ack:
     if raw is grpc.aio.EOF or not isinstance(raw, bytes):
         raise ConnectionError(f"{collector_id}: the gateway closed the stream")
-    response = pb.IngestResponse.FromString(raw)
-    if response.HasField("error"):
-        raise RuntimeError(f"{collector_id}: refused: {response.error.reason}: "
-                           f"{response.error.detail}")
-    if response.ack.rejections:
-        first = response.ack.rejections[0]
-        raise RuntimeError(f"{collector_id}: block {first.sequence} rejected: {first.reason}: "
-                           f"{first.detail}")
-    return response.ack
+    return ingest_ack(raw, collector_id)
 
 
 async def send_backlog(channel: grpc.aio.Channel, backlog: Backlog, in_flight: int,
@@ -112,23 +99,8 @@ async def send_backlog(channel: grpc.aio.Channel, backlog: Backlog, in_flight: i
         call.cancel()
 
 
-@dataclass(slots=True)
-class Measured:
-    """What one run measured, before its output was checked."""
-
-    wall_s: float = 0.0
-    gateway_cpu_s: float = 0.0
-    gateway_cpu_with_log_s: float = 0.0
-    load_cpu_s: float = 0.0
-    postgres_cpu_s: float | None = None
-    postgres_cpu_with_log_s: float | None = None
-    log_catch_up_s: float = 0.0
-    others_cpu_s: float = 0.0
-    gateway_peak_rss_mib: float = 0.0
-
-
 async def load(port: int, backlogs: list[Backlog], channels: int, in_flight: int,
-               gateway_pid: int, postgres: bool) -> Measured:
+               gateway_pid: int, postgres: bool) -> tuple[IngestMeasured, MeasuredInterval]:
     """Open every stream, then send every backlog, measuring from the first batch to the last
     ack."""
     options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -136,44 +108,24 @@ async def load(port: int, backlogs: list[Backlog], channels: int, in_flight: int
                ("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
     opened = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
               for _ in range(channels)]
-    measured = Measured()
+    measured = IngestMeasured()
     start = asyncio.Event()
-    waiting = len(backlogs)
-    all_ready = asyncio.Event()
-
-    def ready() -> None:
-        nonlocal waiting
-        waiting -= 1
-        if waiting == 0:
-            all_ready.set()
-
+    all_ready = Countdown(len(backlogs))
     try:
         async with asyncio.TaskGroup() as group:
             for index, backlog in enumerate(backlogs):
                 group.create_task(send_backlog(opened[index % channels], backlog, in_flight,
-                                               ready, start), name=backlog.collector_id)
+                                               all_ready, start), name=backlog.collector_id)
             await all_ready.wait()
             print(f"  {len(backlogs)} streams open over {channels} connection(s); sending...",
                   file=sys.stderr)
-            gateway_before = cpu_seconds(gateway_pid)
-            postgres_before = postgres_cpu_seconds() if postgres else 0.0
-            load_before = self_cpu_seconds()
-            machine_before = machine_busy_seconds()
-            started = time.monotonic()
+            interval = MeasuredInterval([gateway_pid], broker_pid=None, postgres=postgres)
             start.set()
-        measured.wall_s = time.monotonic() - started
-        measured.load_cpu_s = self_cpu_seconds() - load_before
-        measured.gateway_cpu_s = cpu_seconds(gateway_pid) - gateway_before
-        if postgres:
-            measured.postgres_cpu_s = postgres_cpu_seconds() - postgres_before
-        measured.others_cpu_s = (machine_busy_seconds() - machine_before - measured.load_cpu_s
-                                 - measured.gateway_cpu_s - (measured.postgres_cpu_s or 0.0))
+        interval.end(measured)
     finally:
         for channel in opened:
             await channel.close()
-    measured.gateway_cpu_with_log_s = measured.gateway_cpu_s
-    measured.postgres_cpu_with_log_s = measured.postgres_cpu_s
-    return measured
+    return measured, interval
 
 
 async def run_one(args: argparse.Namespace, ledger_kind: str, backlogs: list[Backlog]
@@ -203,33 +155,17 @@ async def _measure(args: argparse.Namespace, location: str, tmp: Path, backlogs:
         wait_for_port(port, process=gateway)
         print(f"  gateway {gateway.pid} on port {port}, ledger {parameters['ledger']}",
               file=sys.stderr)
-        measured = await load(port, backlogs, args.channels, args.in_flight, gateway.pid,
-                              postgres)
+        measured, interval = await load(port, backlogs, args.channels, args.in_flight,
+                                        gateway.pid, postgres)
         print(f"  {total:,} blocks acknowledged in {measured.wall_s:.1f} s; waiting for the "
               "transparency log...", file=sys.stderr)
-        gateway_before = cpu_seconds(gateway.pid)
-        postgres_before = postgres_cpu_seconds() if postgres else 0.0
-        measured.log_catch_up_s = await wait_for_log(location, total)
-        measured.gateway_cpu_with_log_s += cpu_seconds(gateway.pid) - gateway_before
-        if measured.postgres_cpu_with_log_s is not None:
-            measured.postgres_cpu_with_log_s += postgres_cpu_seconds() - postgres_before
-        measured.gateway_peak_rss_mib = peak_rss_mib(gateway.pid)
+        await interval.log_catch_up(location, total, measured)
     except Exception as exc:
+        return result(SCENARIO, parameters, None, failure_text(exc, tmp / "gateway.log"))
+    finally:
         stop(gateway)
-        while isinstance(exc, ExceptionGroup):
-            exc = exc.exceptions[0]
-        return result(SCENARIO, parameters, None,
-                      f"{type(exc).__name__}: {exc}; gateway log: {log_tail(tmp / 'gateway.log')}")
-    stop(gateway)
-    print("  verifying the ledger...", file=sys.stderr)
-    report, failure = await check_ledger(location, {b.collector_id: b.blocks for b in backlogs},
-                                         args.readings)
-    readings = report.total("readings")
-    return result(SCENARIO, parameters, ingest_figures(
-        measured, blocks=total, readings=readings, chains_verified=report.ok,
-        extra={"postgres_server_cpu_with_log_s": (
-            None if measured.postgres_cpu_with_log_s is None
-            else round(measured.postgres_cpu_with_log_s, 2))}), failure)
+    return await ingest_result(SCENARIO, parameters, location, backlogs, args.readings, measured,
+                               extra={})
 
 
 async def run(args: argparse.Namespace, backlogs: list[Backlog]) -> int:
@@ -251,12 +187,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.collectors, args.blocks = 20, 250
-    started = time.monotonic()
-    print(f"signing {args.collectors} x {args.blocks} blocks of {args.readings} readings...",
-          file=sys.stderr)
-    backlogs = presign(args.collectors, args.blocks, args.readings, args.batch)
-    print(f"  signed in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    return asyncio.run(run(args, backlogs))
+    return asyncio.run(run(args, presign(args.collectors, args.blocks, args.readings, args.batch)))
 
 
 if __name__ == "__main__":

@@ -35,27 +35,23 @@ import aiomqtt
 from common import (
     LEDGER_CHOICES,
     Backlog,
-    check_ledger,
-    cpu_seconds,
+    Countdown,
+    IngestMeasured,
+    MeasuredInterval,
     each_ledger,
     enroll_backlogs,
+    failure_text,
     in_ledger,
-    ingest_figures,
-    log_tail,
-    machine_busy_seconds,
-    peak_rss_mib,
-    postgres_cpu_seconds,
+    ingest_ack,
+    ingest_result,
     presign,
     result,
-    self_cpu_seconds,
     spawn_gateway,
     start_mosquitto,
     stop,
-    wait_for_log,
 )
 
 from proto.keys import generate_key_files
-from proto.stackline.v1 import stackline_pb2 as pb
 
 SCENARIO = "ingest-mqtt"
 PREFIX = "stackline/v1"
@@ -70,18 +66,6 @@ class Counters:
     resent_messages: int = 0
 
 
-def _ack(payload: bytes, collector_id: str) -> pb.Ack:
-    response = pb.IngestResponse.FromString(payload)
-    if response.HasField("error"):
-        raise RuntimeError(f"{collector_id}: refused: {response.error.reason}: "
-                           f"{response.error.detail}")
-    if response.ack.rejections:
-        first = response.ack.rejections[0]
-        raise RuntimeError(f"{collector_id}: block {first.sequence} rejected: {first.reason}: "
-                           f"{first.detail}")
-    return response.ack
-
-
 async def send_backlog(client: aiomqtt.Client, backlog: Backlog, acks: asyncio.Queue[bytes],
                        batch: int, ack_timeout_s: float, counters: Counters,
                        ready: Callable[[], None], start: asyncio.Event) -> None:
@@ -93,7 +77,7 @@ async def send_backlog(client: aiomqtt.Client, backlog: Backlog, acks: asyncio.Q
         await client.publish(topic, backlog.hello, qos=1)
         try:
             async with asyncio.timeout(HELLO_RESEND_S):
-                _ack(await acks.get(), backlog.collector_id)
+                ingest_ack(await acks.get(), backlog.collector_id)
             break
         except TimeoutError:
             if time.monotonic() > deadline:
@@ -106,7 +90,7 @@ async def send_backlog(client: aiomqtt.Client, backlog: Backlog, acks: asyncio.Q
         try:
             async with asyncio.timeout(ack_timeout_s):
                 while True:  # an older ack (of a hello or a message sent twice) moves nothing
-                    through = _ack(await acks.get(), backlog.collector_id).stored_through_sequence
+                    through = ingest_ack(await acks.get(), backlog.collector_id).stored_through_sequence
                     if through > stored:
                         stored = through
                         break
@@ -143,61 +127,26 @@ async def connection(port: int, index: int, backlogs: list[Backlog], batch: int,
             router.cancel()
 
 
-@dataclass(slots=True)
-class Measured:
-    """What one run measured, before its output was checked."""
-
-    wall_s: float = 0.0
-    gateway_cpu_s: float = 0.0
-    gateway_cpu_with_log_s: float = 0.0
-    broker_cpu_s: float = 0.0
-    load_cpu_s: float = 0.0
-    postgres_cpu_s: float | None = None
-    log_catch_up_s: float = 0.0
-    others_cpu_s: float = 0.0
-    gateway_peak_rss_mib: float = 0.0
-
-
 async def load(port: int, backlogs: list[Backlog], args: argparse.Namespace, gateway_pids: list[int],
-               broker_pid: int, postgres: bool, counters: Counters) -> Measured:
+               broker_pid: int, postgres: bool, counters: Counters
+               ) -> tuple[IngestMeasured, MeasuredInterval]:
     """Say hello for every collector, then send every backlog, measuring from the first batch to
     the last ack."""
-    measured = Measured()
+    measured = IngestMeasured()
     start = asyncio.Event()
-    waiting = len(backlogs)
-    all_ready = asyncio.Event()
-
-    def ready() -> None:
-        nonlocal waiting
-        waiting -= 1
-        if waiting == 0:
-            all_ready.set()
-
+    all_ready = Countdown(len(backlogs))
     async with asyncio.TaskGroup() as group:
         for index in range(args.connections):
             group.create_task(connection(port, index, backlogs[index::args.connections],
-                                         args.batch, args.ack_timeout_s, counters, ready, start),
-                              name=f"connection-{index}")
+                                         args.batch, args.ack_timeout_s, counters, all_ready,
+                                         start), name=f"connection-{index}")
         await all_ready.wait()
         print(f"  {len(backlogs)} collectors said hello over {args.connections} connection(s); "
               "sending...", file=sys.stderr)
-        gateways_before = sum(cpu_seconds(pid) for pid in gateway_pids)
-        broker_before = cpu_seconds(broker_pid)
-        postgres_before = postgres_cpu_seconds() if postgres else 0.0
-        load_before = self_cpu_seconds()
-        machine_before = machine_busy_seconds()
-        started = time.monotonic()
+        interval = MeasuredInterval(gateway_pids, broker_pid=broker_pid, postgres=postgres)
         start.set()
-    measured.wall_s = time.monotonic() - started
-    measured.load_cpu_s = self_cpu_seconds() - load_before
-    measured.gateway_cpu_s = sum(cpu_seconds(pid) for pid in gateway_pids) - gateways_before
-    measured.broker_cpu_s = cpu_seconds(broker_pid) - broker_before
-    if postgres:
-        measured.postgres_cpu_s = postgres_cpu_seconds() - postgres_before
-    measured.others_cpu_s = (machine_busy_seconds() - machine_before - measured.load_cpu_s
-                             - measured.gateway_cpu_s - measured.broker_cpu_s
-                             - (measured.postgres_cpu_s or 0.0))
-    return measured
+    interval.end(measured)
+    return measured, interval
 
 
 async def run_one(args: argparse.Namespace, ledger_kind: str, backlogs: list[Backlog]
@@ -229,33 +178,19 @@ async def _measure(args: argparse.Namespace, location: str, tmp: Path, backlogs:
     try:
         print(f"  broker on port {port}, {args.gateways} gateway(s), ledger "
               f"{parameters['ledger']}", file=sys.stderr)
-        measured = await load(port, backlogs, args, [g.pid for g in gateways], broker.pid,
-                              postgres, counters)
+        measured, interval = await load(port, backlogs, args, [g.pid for g in gateways],
+                                        broker.pid, postgres, counters)
         print(f"  {total:,} blocks acknowledged in {measured.wall_s:.1f} s; waiting for the "
               "transparency log...", file=sys.stderr)
-        before = sum(cpu_seconds(g.pid) for g in gateways)
-        measured.log_catch_up_s = await wait_for_log(location, total)
-        measured.gateway_cpu_with_log_s = (measured.gateway_cpu_s
-                                           + sum(cpu_seconds(g.pid) for g in gateways) - before)
-        measured.gateway_peak_rss_mib = max(peak_rss_mib(g.pid) for g in gateways)
+        await interval.log_catch_up(location, total, measured)
     except Exception as exc:
-        while isinstance(exc, ExceptionGroup):
-            exc = exc.exceptions[0]
-        return result(SCENARIO, parameters, None,
-                      f"{type(exc).__name__}: {exc}; gateway log: "
-                      f"{log_tail(tmp / 'gateway-0.log')}")
+        return result(SCENARIO, parameters, None, failure_text(exc, tmp / "gateway-0.log"))
     finally:
         for gateway in gateways:
             stop(gateway)
         stop(broker)
-    print("  verifying the ledger...", file=sys.stderr)
-    report, failure = await check_ledger(location, {b.collector_id: b.blocks for b in backlogs},
-                                         args.readings)
-    readings = report.total("readings")
-    return result(SCENARIO, parameters, ingest_figures(
-        measured, blocks=total, readings=readings, chains_verified=report.ok,
-        extra={"broker_cpu_s": round(measured.broker_cpu_s, 2),
-               "resent_messages": counters.resent_messages}), failure)
+    return await ingest_result(SCENARIO, parameters, location, backlogs, args.readings, measured,
+                               extra={"resent_messages": counters.resent_messages})
 
 
 async def run(args: argparse.Namespace, backlogs: list[Backlog]) -> int:
@@ -282,12 +217,7 @@ def main() -> int:
         parser.error("several gateways share a PostgreSQL ledger: add --ledger postgresql")
     if args.quick:
         args.collectors, args.blocks = 20, 250
-    started = time.monotonic()
-    print(f"signing {args.collectors} x {args.blocks} blocks of {args.readings} readings...",
-          file=sys.stderr)
-    backlogs = presign(args.collectors, args.blocks, args.readings, args.batch)
-    print(f"  signed in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    return asyncio.run(run(args, backlogs))
+    return asyncio.run(run(args, presign(args.collectors, args.blocks, args.readings, args.batch)))
 
 
 if __name__ == "__main__":
